@@ -1,0 +1,5 @@
+import sys
+
+from nbdesk.cli import main
+
+sys.exit(main())

@@ -1,0 +1,192 @@
+"""APIFree: ``POST /v1/image/submit`` then poll ``GET /v1/image/{id}/result``.
+
+Every answer is an envelope ``{code, code_msg, trace_id, resp_data}``; errors may come
+with HTTP 200 and ``code != 200``, so the envelope's code is checked, not only the status.
+APIFree has no idempotency key: a submit is retried only when the failure proves the
+request was not taken on (connection refused, 429, 503); any other unanswered submit
+raises UnansweredSubmitError and the engine marks the job interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from nbdesk.api.base import (
+    AuthError,
+    BadRequestError,
+    GenerationRequest,
+    PollResult,
+    ProtocolError,
+    RateLimitedError,
+    RemoteState,
+    SubmitResult,
+    TransientError,
+    UnansweredSubmitError,
+)
+from nbdesk.api.capabilities import APIFREE
+from nbdesk.api.http import RetryPolicy, parse_json, raise_for_status, send, with_retries
+from nbdesk.api.validate import validate_request
+
+# The doc names the statuses two ways; both are accepted, unknown ones mean "running".
+_STATES = {
+    "queuing": RemoteState.QUEUED,
+    "queued": RemoteState.QUEUED,
+    "pending": RemoteState.QUEUED,
+    "processing": RemoteState.RUNNING,
+    "running": RemoteState.RUNNING,
+    "success": RemoteState.COMPLETED,
+    "completed": RemoteState.COMPLETED,
+    "succeeded": RemoteState.COMPLETED,
+    "error": RemoteState.FAILED,
+    "failed": RemoteState.FAILED,
+}
+
+
+def unwrap(response: httpx.Response, what: str) -> Mapping[str, Any]:
+    """Check the HTTP status and the envelope's code; return ``resp_data``."""
+    raise_for_status(response, what)
+    data = parse_json(response, what)
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"{what}: the provider's answer is not a JSON object")
+    code = data.get("code")
+    message = data.get("code_msg") or data.get("error") or data.get("message")
+    message = message.strip() if isinstance(message, str) else ""
+    if code is not None and code != 200 and str(code) != "200":
+        try:
+            num = int(code)
+        except (TypeError, ValueError):
+            num = 0
+        if num in (401, 403):
+            raise AuthError(
+                f"{what}: the provider rejected the API key"
+                + (f": {message}" if message else ""),
+                status=num,
+            )
+        if num == 429:
+            raise RateLimitedError(
+                f"{what}: rate limited" + (f": {message}" if message else ""), sent=False
+            )
+        if num >= 500:
+            raise TransientError(
+                f"{what}: provider error {num}" + (f": {message}" if message else "")
+            )
+        raise BadRequestError(message or f"{what}: the provider refused the request (code {code})")
+    resp = data.get("resp_data")
+    if not isinstance(resp, Mapping):
+        raise ProtocolError(f"{what}: the provider's answer has no resp_data object")
+    return resp
+
+
+class ApifreeProvider:
+    id = "apifree"
+    idempotent_submit = False
+    caps = APIFREE
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        api_key: str,
+        base_url: str = APIFREE.base_url,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self._client = client
+        self._key = api_key
+        self.base_url = base_url.rstrip("/")
+        self.policy = policy or RetryPolicy()
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._key}", "Accept": "application/json"}
+
+    def body(self, request: GenerationRequest) -> dict[str, Any]:
+        model = validate_request(self.caps, request)
+        f = model.fields
+        body: dict[str, Any] = {
+            "model": model.model,
+            "prompt": request.prompt,
+            f["aspect_ratio"]: request.aspect_ratio or model.default_ratio,
+            f["resolution"]: request.resolution or model.default_resolution,
+        }
+        if request.cache_key:
+            body[f["cache_key"]] = request.cache_key
+        if request.references:
+            body[f["refs"]] = [r.url for r in request.references]
+        return body
+
+    async def submit(self, request: GenerationRequest, idempotency_key: str) -> SubmitResult:
+        # idempotency_key is unused on the wire: APIFree has none.
+        body = self.body(request)
+        url = f"{self.base_url}/v1/image/submit"
+
+        async def once() -> SubmitResult:
+            try:
+                response = await send(
+                    self._client, "POST", url, "submit", json=body, headers=self._headers()
+                )
+                resp = unwrap(response, "submit")
+            except TransientError as exc:
+                if not exc.sent:
+                    raise  # provably not taken on: safe to retry
+                raise UnansweredSubmitError(
+                    f"the submit was sent but not answered ({exc.message}); it may or may "
+                    "not have been accepted, so it is not repeated automatically"
+                ) from None
+            except ProtocolError as exc:
+                raise UnansweredSubmitError(
+                    f"the provider's answer to the submit was unreadable ({exc.message}); "
+                    "it may or may not have been accepted, so it is not repeated automatically"
+                ) from None
+            request_id = resp.get("request_id")
+            if not isinstance(request_id, str) or not request_id:
+                raise UnansweredSubmitError(
+                    "the provider's answer to the submit has no request_id; it is not "
+                    "repeated automatically"
+                )
+            return SubmitResult(remote_id=request_id)
+
+        result: SubmitResult = await with_retries(once, self.policy, retry_unsent_only=True)
+        return result
+
+    async def poll(self, remote_id: str) -> PollResult:
+        url = f"{self.base_url}/v1/image/{quote(remote_id, safe='')}/result"
+
+        async def once() -> PollResult:
+            response = await send(self._client, "GET", url, "status", headers=self._headers())
+            return self.parse_result(unwrap(response, "status"))
+
+        result: PollResult = await with_retries(once, self.policy)
+        return result
+
+    @staticmethod
+    def parse_result(resp: Mapping[str, Any]) -> PollResult:
+        raw = str(resp.get("status") or "").lower()
+        state = _STATES.get(raw, RemoteState.RUNNING)
+        usage = resp.get("usage")
+        cost = usage.get("cost") if isinstance(usage, Mapping) else None
+        error = resp.get("error")
+        message = error.strip() if isinstance(error, str) and error.strip() else None
+        urls: tuple[str, ...] = ()
+        if state is RemoteState.COMPLETED:
+            images = resp.get("image_list")
+            items = images if isinstance(images, list) else []
+            found: list[str] = []
+            for item in items:
+                if isinstance(item, str):
+                    found.append(item)
+                elif isinstance(item, Mapping) and isinstance(item.get("url"), str):
+                    found.append(item["url"])
+            urls = tuple(found)
+            if not urls:
+                raise ProtocolError("status: the job completed but image_list holds no URL")
+        if state is RemoteState.FAILED and not message:
+            message = "the provider reported the job as failed (no reason given)"
+        return PollResult(
+            state=state,
+            urls=urls,
+            cost=float(cost) if isinstance(cost, int | float) else None,
+            error=message,
+            raw_status=raw,
+        )

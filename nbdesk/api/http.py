@@ -1,0 +1,323 @@
+"""The app's one HTTP client, the retry policy, error mapping and streamed downloads.
+
+Retry rules (as in well-kept API clients): connect/read errors, 408, 409, 429 and
+>= 500 are retried; other 4xx never. ``Retry-After`` is honoured up to a cap,
+otherwise exponential backoff ``base * 2**n`` capped, times a jitter in [0.75, 1.0].
+Sleeping and randomness are injected so tests run with a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from nbdesk.api.base import (
+    ApiError,
+    AuthError,
+    BadRequestError,
+    ProtocolError,
+    RateLimitedError,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+USER_AGENT = "nbdesk/0.1 (+https://github.com/nbdesk)"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+def make_client(timeout: float = 60.0, max_connections: int = 32) -> httpx.AsyncClient:
+    """The one AsyncClient of a process: opened at start, closed at shutdown."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=15.0),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+        verify=True,
+    )
+
+
+def check_base_url(url: str) -> str:
+    """A provider base URL must be https, or plain http on a loopback address only."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" and host:
+        return url.rstrip("/")
+    if parts.scheme == "http" and host in LOOPBACK_HOSTS:
+        return url.rstrip("/")
+    raise ValueError(
+        f"base URL {url!r} must use https:// (plain http:// only for 127.0.0.1 or localhost)"
+    )
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 6
+    base: float = 0.5
+    cap: float = 8.0
+    retry_after_cap: float = 60.0
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Sleep = asyncio.sleep
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (attempt counts from 0)."""
+        if retry_after is not None:
+            return max(0.0, min(retry_after, self.retry_after_cap))
+        backoff: float = min(self.base * 2.0**attempt, self.cap)
+        jitter: float = self.rng.uniform(0.75, 1.0)
+        return backoff * jitter
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    delta: float = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, delta)
+
+
+def describe_body(response: httpx.Response) -> str:
+    """A short, safe description of an unexpected body (for protocol errors)."""
+    ctype = response.headers.get("content-type", "")
+    if "html" in ctype or response.text.lstrip()[:1] == "<":
+        return "an HTML page"
+    if not response.content:
+        return "an empty body"
+    return f"{len(response.content)} bytes of {ctype or 'unknown content'}"
+
+
+def parse_json(response: httpx.Response, what: str) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProtocolError(
+            f"{what}: expected JSON but got {describe_body(response)} "
+            f"(HTTP {response.status_code})",
+            status=response.status_code,
+        ) from None
+
+
+def error_message(payload: Any) -> str | None:
+    """Pull a human message out of the error bodies providers send."""
+    if isinstance(payload, str):
+        return payload.strip() or None
+    if not isinstance(payload, Mapping):
+        return None
+    for key in ("error", "message", "code_msg", "detail", "msg"):
+        value = payload.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        if isinstance(value, Mapping):
+            inner = error_message(value)
+            if inner:
+                return inner
+        if isinstance(value, list) and value:
+            inner = error_message(value[0])
+            if inner:
+                return inner
+    return None
+
+
+def raise_for_status(response: httpx.Response, what: str) -> None:
+    """Map an HTTP error status to a typed error; 2xx returns quietly."""
+    status = response.status_code
+    if status < 400:
+        return
+    try:
+        payload: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = None
+    message = error_message(payload)
+    if status in (401, 403):
+        raise AuthError(
+            f"{what}: the provider rejected the API key (HTTP {status})"
+            + (f": {message}" if message else ""),
+            status=status,
+        )
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if status == 429:
+        raise RateLimitedError(
+            f"{what}: rate limited (HTTP 429)" + (f": {message}" if message else ""),
+            status=status, retry_after=retry_after, sent=False,
+        )
+    if status in RETRY_STATUSES or status >= 500:
+        detail = message or describe_body(response)
+        # 503 "No available capacity" is a refusal: the request was not taken on.
+        raise TransientError(
+            f"{what}: provider unavailable (HTTP {status}): {detail}",
+            status=status, retry_after=retry_after, sent=status != 503,
+        )
+    raise BadRequestError(
+        message or f"{what}: the provider refused the request (HTTP {status})", status=status
+    )
+
+
+async def send(
+    client: httpx.AsyncClient, method: str, url: str, what: str, **kwargs: Any
+) -> httpx.Response:
+    """One request; transport failures become TransientError (never a raw httpx error)."""
+    try:
+        return await client.request(method, url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise TransientError(
+            f"{what}: cannot reach the provider ({_reason(exc)})", sent=False
+        ) from None
+    except httpx.TimeoutException as exc:
+        raise TransientError(
+            f"{what}: the provider did not answer in time ({_reason(exc)})"
+        ) from None
+    except httpx.TransportError as exc:
+        raise TransientError(f"{what}: connection failed ({_reason(exc)})") from None
+    except httpx.InvalidURL as exc:
+        raise ProtocolError(f"{what}: invalid URL ({exc})") from None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[Any]],
+    policy: RetryPolicy,
+    *,
+    retry_unsent_only: bool = False,
+    on_retry: Callable[[ApiError, float], None] | None = None,
+) -> Any:
+    """Run ``call`` until it succeeds, fails for good, or the attempts run out.
+
+    With ``retry_unsent_only`` (a non-idempotent submit) only failures that prove the
+    request was not taken on are retried; any other transient failure is re-raised.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except TransientError as exc:
+            if retry_unsent_only and exc.sent:
+                raise
+            attempt += 1
+            if attempt >= policy.max_attempts:
+                raise
+            wait = policy.delay(attempt - 1, exc.retry_after)
+            log.info("retrying after %s in %.2fs (attempt %d)", exc.kind, wait, attempt + 1)
+            if on_retry is not None:
+                on_retry(exc, wait)
+            await policy.sleep(wait)
+
+
+# ---------------------------------------------------------------------------- downloads
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    size: int
+    sha256: str
+    content_type: str
+
+
+def check_download_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProtocolError(f"the provider returned a result URL that is not http(s): {url[:80]!r}")
+
+
+async def download_to(
+    client: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    chunk: int = 1 << 20,
+) -> Download:
+    """Stream ``url`` into ``dest`` (a temp path): hashed, size-capped, fsynced.
+
+    The caller checks the content and renames it into place. On any failure the
+    partial file is removed and a typed error raised (TransientError for network
+    trouble and short bodies, ProtocolError for an oversize or unusable answer).
+    """
+    check_download_url(url)
+    what = "download"
+    digest = hashlib.sha256()
+    size = 0
+    # File work (open, write, fsync, unlink) goes to a thread: the loop may be the GUI's.
+    fh = None
+    try:
+        async with client.stream("GET", url) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise_for_status(response, what)
+            if response.status_code != 200:
+                raise ProtocolError(f"{what}: unexpected HTTP {response.status_code}")
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                raise ProtocolError(
+                    f"{what}: the image is {int(declared) / 1e6:.1f} MB, "
+                    f"over the {max_bytes / 1e6:.0f} MB limit"
+                )
+            ctype = response.headers.get("content-type", "")
+            fh = await asyncio.to_thread(open, dest, "wb")
+            async for block in response.aiter_raw(chunk):
+                size += len(block)
+                if size > max_bytes:
+                    raise ProtocolError(
+                        f"{what}: the image is over the {max_bytes / 1e6:.0f} MB limit"
+                    )
+                digest.update(block)
+                await asyncio.to_thread(fh.write, block)
+            await asyncio.to_thread(_sync_close, fh)
+            fh = None
+            if declared is not None and declared.isdigit() and int(declared) != size:
+                raise TransientError(f"{what}: the connection ended early ({size} of {declared})")
+    except httpx.HTTPError as exc:
+        await asyncio.to_thread(_discard, fh, dest)
+        if isinstance(exc, httpx.TimeoutException):
+            raise TransientError(f"{what}: timed out ({_reason(exc)})") from None
+        raise TransientError(f"{what}: connection failed ({_reason(exc)})") from None
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(_discard, fh, dest))
+        raise
+    if size == 0:
+        await asyncio.to_thread(_discard, None, dest)
+        raise ProtocolError(f"{what}: the provider sent an empty file")
+    return Download(path=dest, size=size, sha256=digest.hexdigest(), content_type=ctype)
+
+
+def _sync_close(fh: Any) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+
+
+def _discard(fh: Any, dest: Path) -> None:
+    if fh is not None:
+        fh.close()
+    dest.unlink(missing_ok=True)

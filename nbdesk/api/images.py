@@ -1,0 +1,295 @@
+"""Image checks (Pillow): what a file really is, whether it is whole, whether it is sane.
+
+* ``probe_bytes`` / ``probe_file`` identify an image and decode it completely, so a
+  truncated download or a damaged file is caught before it enters the library; a picture
+  larger than a pixel cap (a decompression bomb, or simply absurd) is refused before it is
+  decoded. Failures are ``ImageCheckError`` (a ``ValueError``) with a plain message.
+* ``prepare_reference`` turns what the user gave as a reference image (an http(s) URL or a
+  local file) into what goes on the wire, downscaling big local pictures. Failures are
+  ``InputError`` naming the file.
+
+Everything here is CPU-bound and blocking: call it from a worker thread, not the event loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from nbdesk.api.base import InputError, Reference
+
+#: Pixel cap for generated outputs (a 4K picture is ~16 megapixels).
+MAX_PIXELS = 120_000_000
+#: Pixel cap for reference images.
+MAX_REFERENCE_PIXELS = 50_000_000
+MAX_REFERENCE_SIDE = 2048
+MAX_REFERENCE_BYTES = 30 * 1024 * 1024
+JPEG_QUALITY = 90
+
+# Pillow warns (and, at twice the value, raises) from Image.open on pictures bigger than
+# Image.MAX_IMAGE_PIXELS (~89 megapixels by default). We apply our own, explicit caps; lift
+# Pillow's process-wide one to our largest so that it does not fire first on pictures we
+# accept. Anything above is still refused (by Pillow or by us).
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+#: Pillow format name -> (our format name, file extension, MIME type). Only these formats
+#: are even tried: Pillow knows others (EPS would run Ghostscript) we have no use for.
+_FORMATS: dict[str, tuple[str, str, str]] = {
+    "JPEG": ("jpeg", "jpg", "image/jpeg"),
+    "MPO": ("jpeg", "jpg", "image/jpeg"),  # phone cameras' multi-picture JPEG
+    "PNG": ("png", "png", "image/png"),
+    "WEBP": ("webp", "webp", "image/webp"),
+    "GIF": ("gif", "gif", "image/gif"),
+    "BMP": ("bmp", "bmp", "image/bmp"),
+    "TIFF": ("tiff", "tif", "image/tiff"),
+}
+_SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+#: Formats a reference may be sent in unchanged.
+_WIRE_FORMATS = frozenset({"jpeg", "png", "webp"})
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+
+
+class ImageCheckError(ValueError):
+    """The data is not a usable image. ``str()`` is a plain, user-facing reason."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # "jpeg", "png", "webp", ...
+    ext: str  # "jpg", "png", "webp", ...
+    mime: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1_000_000:g}"
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> ImageCheckError:
+    return ImageCheckError(
+        f"the image is too large: {width}×{height} pixels "
+        f"(limit {_megapixels(max_pixels)} megapixels)"
+    )
+
+
+def _bomb(error: Exception, max_pixels: int) -> ImageCheckError:
+    # Pillow's own cap fired before we saw the size; its message carries the pixel count.
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{_megapixels(int(found.group(1)))} megapixels" if found else "too many pixels"
+    return ImageCheckError(
+        f"the image is too large: {size} (limit {_megapixels(max_pixels)} megapixels)"
+    )
+
+
+@functools.cache
+def _open_formats() -> tuple[str, ...]:
+    Image.init()  # registers every plugin (MPO, WebP, TIFF are not among Pillow's first few)
+    return tuple(f for f in _FORMATS if f in Image.OPEN)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Identify ``data`` (header only); the size is checked against ``max_pixels``."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=_open_formats())
+    except UnidentifiedImageError:
+        raise ImageCheckError(f"not an image (or not a supported format: {_SUPPORTED})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # The warning arrives as an exception only where warnings are errors (tests).
+        raise _bomb(e, max_pixels) from None
+    except Exception:
+        # Pillow's plugins raise many kinds of errors on a header they half-recognize.
+        raise ImageCheckError("the image is truncated or damaged") from None
+    width, height = im.size
+    if width <= 0 or height <= 0 or width * height > max_pixels:
+        im.close()
+        if width <= 0 or height <= 0:
+            raise ImageCheckError("the image is truncated or damaged")
+        raise _too_large(width, height, max_pixels)
+    return im
+
+
+def _info(im: Image.Image) -> ImageInfo:
+    fmt, ext, mime = _FORMATS[im.format or ""]
+    return ImageInfo(format=fmt, ext=ext, mime=mime, width=im.width, height=im.height)
+
+
+def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Identify and completely verify an image; ``ImageCheckError`` if it is not a whole,
+    supported picture of at most ``max_pixels`` pixels."""
+    if not data:
+        raise ImageCheckError("the file is empty")
+    with _open(data, max_pixels) as im:
+        info = _info(im)
+        try:
+            im.verify()  # structure and checksums (PNG), without decoding
+        except Exception:
+            raise ImageCheckError("the image is truncated or damaged") from None
+    # verify() leaves the image unusable: reopen and decode everything, which is what
+    # catches a picture whose data stops early.
+    with _open(data, max_pixels) as im:
+        try:
+            im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise _bomb(e, max_pixels) from None
+        except Exception:
+            raise ImageCheckError("the image is truncated or damaged") from None
+    return info
+
+
+def probe_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """``probe_bytes`` of a file's content. ``OSError`` if the file cannot be read."""
+    return probe_bytes(Path(path).read_bytes(), max_pixels=max_pixels)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _refuse(name: str, reason: str) -> InputError:
+    return InputError(f"reference image {name}: {reason}")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _read_local(path: Path, name: str, max_bytes: int) -> bytes:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise _refuse(name, "no such file") from None
+    except OSError as e:
+        raise _refuse(name, f"cannot read it ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _refuse(name, "is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(name, "is not a regular file")
+    if st.st_size == 0:
+        raise _refuse(name, "the file is empty")
+    if st.st_size > max_bytes:
+        raise _refuse(
+            name, f"the file is too big: {_megabytes(st.st_size)} (limit {_megabytes(max_bytes)})"
+        )
+    try:
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise _refuse(name, f"cannot read it ({e.strerror or e})") from None
+    if not data:
+        raise _refuse(name, "the file is empty")
+    if len(data) > max_bytes:  # it grew since stat()
+        raise _refuse(name, f"the file is too big (limit {_megabytes(max_bytes)})")
+    return data
+
+
+def _needs_rotation(im: Image.Image) -> bool:
+    try:
+        orientation = im.getexif().get(0x0112)  # EXIF Orientation
+    except Exception:
+        return False
+    return orientation not in (None, 1)
+
+
+def _encode_for_wire(data: bytes, max_side: int, max_pixels: int) -> tuple[bytes, str]:
+    """Re-encode: EXIF orientation applied, long side <= max_side; PNG if the picture has
+    transparency, else JPEG."""
+    with _open(data, max_pixels) as src:
+        if src.format in ("JPEG", "MPO"):
+            # Let the JPEG decoder scale down by 1/2..1/8 while decoding: much faster.
+            src.draft("RGB", (max_side, max_side))
+        im = ImageOps.exif_transpose(src)
+        if max(im.size) > max_side:
+            im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        if im.has_transparency_data:
+            if im.mode not in ("RGBA", "LA"):
+                im = im.convert("RGBA")
+            im.save(out, format="PNG")
+            return out.getvalue(), "image/png"
+        if im.mode not in ("RGB", "L"):
+            im = im.convert("RGB")
+        im.save(out, format="JPEG", quality=JPEG_QUALITY)
+        return out.getvalue(), "image/jpeg"
+
+
+def prepare_reference(
+    source: str,
+    *,
+    max_side: int = MAX_REFERENCE_SIDE,
+    max_bytes: int = MAX_REFERENCE_BYTES,
+    max_pixels: int = MAX_REFERENCE_PIXELS,
+) -> tuple[Reference, bytes | None, ImageInfo | None]:
+    """What to send for a reference image the user named.
+
+    * an http(s) URL passes through unchanged: ``(Reference(url), None, None)``;
+    * any other URL scheme (file:, data:, javascript:, ...) is refused;
+    * a local file is checked (exists, regular, readable, not empty, at most ``max_bytes``,
+      a whole image of at most ``max_pixels``) and becomes a ``data:`` URI: the original
+      bytes when it is a JPEG/PNG/WebP already within ``max_side`` and upright, else a
+      re-encoded copy (EXIF orientation applied, long side scaled to ``max_side``; PNG if
+      it has transparency, else JPEG). Returns the reference, the ORIGINAL file's bytes and
+      the original's ``ImageInfo`` (the library keeps the original).
+
+    Every refusal is an ``InputError`` whose message names the file or URL.
+    """
+    text = source.strip()
+    if not text:
+        raise InputError("reference image: no file or URL given")
+    scheme = _SCHEME.match(text)
+    # A one-letter "scheme" is a Windows drive (C:\pictures\cat.png).
+    if scheme is not None and len(scheme.group(1)) > 1:
+        name = scheme.group(1).lower()
+        if name in ("http", "https"):
+            return Reference(_check_url(text)), None, None
+        raise InputError(
+            f"reference image {text[:80]!r}: only http(s) URLs or local image files "
+            "can be references"
+        )
+
+    path = Path(source).expanduser()
+    shown = str(path)
+    data = _read_local(path, shown, max_bytes)
+    try:
+        info = probe_bytes(data, max_pixels=max_pixels)
+    except ImageCheckError as e:
+        raise _refuse(shown, str(e)) from None
+
+    try:
+        with _open(data, max_pixels) as im:
+            upright = not _needs_rotation(im)
+        if info.format in _WIRE_FORMATS and max(info.width, info.height) <= max_side and upright:
+            wire, mime = data, info.mime
+        else:
+            wire, mime = _encode_for_wire(data, max_side, max_pixels)
+    except ImageCheckError as e:
+        raise _refuse(shown, str(e)) from None
+    except (OSError, ValueError) as e:
+        raise _refuse(shown, f"cannot convert the image ({e})") from None
+    uri = f"data:{mime};base64,{base64.b64encode(wire).decode('ascii')}"
+    return Reference(uri), data, info
+
+
+def _check_url(url: str) -> str:
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise InputError(f"reference image {url[:80]!r}: the URL contains spaces")
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        host = None
+    if not host:
+        raise InputError(f"reference image {url[:80]!r}: the URL has no host name")
+    return url

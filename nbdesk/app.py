@@ -1,0 +1,50 @@
+"""Composition root of the desktop app: runtime, engine and window on a qasync loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    import qasync
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from nbdesk.core.library import LibraryError
+    from nbdesk.core.runtime import Runtime, setup_logging
+
+    app = QApplication.instance() or QApplication([sys.argv[0], *argv])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("nbdesk")
+    app.setOrganizationName("nbdesk")
+    app.setApplicationDisplayName("nbdesk")
+    try:
+        rt = Runtime.open()
+    except LibraryError as exc:
+        QMessageBox.critical(None, "nbdesk", str(exc))
+        return 3
+    setup_logging(rt.paths)
+
+    from nbdesk.ui.main_window import MainWindow
+
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    closed = asyncio.Event()
+    app.aboutToQuit.connect(closed.set)
+
+    async def run() -> None:
+        async with rt.engine(take_over=True, resume=True) as engine:
+            window = MainWindow(rt, engine)
+            window.show()
+            await closed.wait()
+
+    try:
+        with loop:
+            loop.run_until_complete(run())
+    finally:
+        rt.close()
+    return 0

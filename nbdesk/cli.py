@@ -1,0 +1,379 @@
+"""The ``nbdesk`` command: the desktop app, and scripts on the same engine and library.
+
+Exit codes: 0 all jobs completed; 1 some job failed; 2 bad input (nothing submitted);
+3 auth or configuration problem. Every error is one clear line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from nbdesk.api.base import InputError
+from nbdesk.api.capabilities import DEMO, DEMO_PROVIDER, FORMATS, PROVIDERS, RESOLUTIONS
+from nbdesk.core.connector import ConfigError
+from nbdesk.core.engine import Engine
+from nbdesk.core.jobs import Job, JobParams, JobSpec, JobState
+from nbdesk.core.library import Item, LibraryError
+from nbdesk.core.runtime import Runtime, setup_logging
+from nbdesk.core.secrets import KeychainError, KeychainTimeout, KeychainUnavailable
+
+log = logging.getLogger("nbdesk.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CONFIG = 0, 1, 2, 3
+PROVIDER_CHOICES = [*PROVIDERS, DEMO]
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nbdesk",
+        description="Desktop studio for Google's Nano Banana image models.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("gui", help="open the desktop app (the default)")
+
+    g = sub.add_parser("generate", help="generate images and save them in the library")
+    g.add_argument("prompt")
+    g.add_argument("--provider", choices=PROVIDER_CHOICES, help="default: from settings")
+    g.add_argument("--model", help="default: the provider's first model")
+    g.add_argument("--aspect-ratio", dest="aspect_ratio")
+    g.add_argument("--resolution", choices=RESOLUTIONS)
+    g.add_argument("--format", dest="output_format", choices=FORMATS)
+    g.add_argument("--google-search", action="store_true", help="Apiframe search grounding")
+    g.add_argument("--image-search", action="store_true", help="Apiframe image search")
+    g.add_argument("--cache-key", help="APIFree cache key")
+    g.add_argument("--ref", action="append", default=[], metavar="PATH_OR_URL",
+                   help="reference image (repeatable)")
+    g.add_argument("--count", type=int, default=1, help="number of images (one job each)")
+    g.add_argument("--no-wait", action="store_true",
+                   help="return once submitted; `nbdesk resume` or the app finishes the jobs")
+    g.add_argument("--json", action="store_true", help="one JSON object per job per line")
+
+    j = sub.add_parser("jobs", help="every job and its state")
+    j.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("resume", help="finish every unfinished job (never resubmits one)")
+    r.add_argument("--json", action="store_true")
+
+    rt = sub.add_parser("retry", help="resubmit failed or interrupted jobs (a new paid submission)")
+    rt.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    rt.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("cancel", help="cancel jobs")
+    c.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+
+    s = sub.add_parser("search", help="full-text search of the library")
+    s.add_argument("text")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--limit", type=int, default=50)
+
+    k = sub.add_parser("keys", help="API keys in the OS keychain")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    ks = ksub.add_parser("set", help="store a key (read from stdin)")
+    ks.add_argument("provider", choices=list(PROVIDERS))
+    kd = ksub.add_parser("delete", help="remove a key")
+    kd.add_argument("provider", choices=list(PROVIDERS))
+    ksub.add_parser("list", help="which providers have a key, and where it comes from")
+
+    sm = sub.add_parser("sim", help="run the loopback simulator of the provider APIs")
+    sm.add_argument("--port", type=int, default=8765)
+    sm.add_argument("--fault-rate", type=float, default=0.0)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--job-seconds", type=float, default=3.0)
+    return p
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def job_json(job: Job, engine_or_rt: Engine | Runtime) -> dict[str, Any]:
+    library = engine_or_rt.library
+    images = [str(i.path) for i in library.items_for_job(job.id)]
+    return {
+        "id": job.id,
+        "provider": job.provider_label if job.demo else job.provider,
+        "model": job.model,
+        "status": job.state.value,
+        "remote_id": job.remote_id,
+        "prompt": job.prompt,
+        "images": images,
+        "cost": job.cost,
+        "error": job.error,
+    }
+
+
+def item_json(item: Item) -> dict[str, Any]:
+    return {
+        "id": item.id, "job_id": item.job_id, "path": str(item.path), "prompt": item.prompt,
+        "provider": item.provider, "model": item.model, "width": item.width,
+        "height": item.height, "format": item.format, "cost": item.cost,
+        "params": item.params, "created_at": item.created_at, "favourite": item.favourite,
+    }
+
+
+def _print_jobs(jobs: Sequence[Job], rt: Runtime, as_json: bool) -> None:
+    for job in jobs:
+        if as_json:
+            print(json.dumps(job_json(job, rt), ensure_ascii=False), flush=True)
+            continue
+        line = f"{job.id[:8]}  {job.state.value:<11} {job.provider_label:<15} {job.model:<24}"
+        line += f" {_short(job.prompt, 40)}"
+        if job.state is JobState.COMPLETED:
+            paths = [str(i.path) for i in rt.library.items_for_job(job.id)]
+            line += "  -> " + ", ".join(paths)
+        elif job.error:
+            line += f"  ({job.error})"
+        print(line, flush=True)
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _exit_code(jobs: Sequence[Job]) -> int:
+    if any(j.error_kind in ("auth", "config") for j in jobs):
+        return EXIT_CONFIG
+    if all(j.state is JobState.COMPLETED for j in jobs):
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    raise CliError(message, code)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _spec(args: argparse.Namespace, rt: Runtime) -> JobSpec:
+    provider = args.provider or rt.settings.default_provider
+    demo = provider == DEMO
+    if demo:
+        provider = DEMO_PROVIDER
+    caps = PROVIDERS.get(provider)
+    if caps is None:
+        _fail(f"unknown provider {provider!r}", EXIT_BAD_INPUT)
+    model = args.model or rt.settings.default_models.get(provider) or caps.default_model.model
+    params = JobParams(
+        aspect_ratio=args.aspect_ratio, resolution=args.resolution,
+        output_format=args.output_format, google_search=args.google_search,
+        image_search=args.image_search, cache_key=args.cache_key,
+    )
+    return JobSpec(provider=provider, model=model, prompt=args.prompt, params=params,
+                   refs=tuple(args.ref), demo=demo)
+
+
+async def _generate(args: argparse.Namespace, rt: Runtime) -> int:
+    spec = _spec(args, rt)
+    async with rt.engine(take_over=False, resume=False) as engine:
+        jobs = await engine.enqueue(spec, args.count)
+        ids = [j.id for j in jobs]
+        if not args.json:
+            for job in jobs:
+                print(f"{job.id[:8]}  queued on {job.provider_label} ({job.model})",
+                      file=sys.stderr, flush=True)
+        if args.no_wait:
+            done = await _wait_submitted(engine, ids)
+        else:
+            done = await engine.wait(ids)
+    _print_jobs(done, rt, args.json)
+    if args.no_wait:
+        failed = [j for j in done if j.state in (JobState.FAILED, JobState.INTERRUPTED)]
+        return _exit_code(failed) if failed else EXIT_OK
+    return _exit_code(done)
+
+
+async def _wait_submitted(engine: Engine, ids: list[str]) -> list[Job]:
+    """Until each job has its remote id written (or has finished)."""
+    pending = set(ids)
+    done = asyncio.Event()
+
+    def check(job: Job) -> None:
+        if job.id in pending and (job.remote_id or job.state.finished):
+            pending.discard(job.id)
+        if not pending:
+            done.set()
+
+    engine.subscribe(check)
+    for job_id in list(pending):
+        check(await engine.db(engine.library.job, job_id))
+    if pending:
+        waiter = asyncio.create_task(done.wait())
+        workers = asyncio.create_task(engine.wait(ids))
+        await asyncio.wait({waiter, workers}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        workers.cancel()
+    return [await engine.db(engine.library.job, i) for i in ids]
+
+
+async def _resume(args: argparse.Namespace, rt: Runtime) -> int:
+    async with rt.engine(take_over=False, resume=False) as engine:
+        ids = await engine.resume_all()
+        others = [j for j in rt.library.jobs(states=[s for s in JobState if s.active])
+                  if j.id not in ids]
+        if not args.json:
+            print(f"resuming {len(ids)} job(s)", file=sys.stderr, flush=True)
+            for job in others:
+                print(f"{job.id[:8]}  skipped: another nbdesk process is working on it",
+                      file=sys.stderr)
+        done = await engine.wait(ids)
+    _print_jobs(done, rt, args.json)
+    return _exit_code(done) if done else EXIT_OK
+
+
+def _find(rt: Runtime, job_id: str) -> Job:
+    try:
+        return rt.library.find_job(job_id)
+    except KeyError:
+        _fail(f"no job {job_id!r} (see `nbdesk jobs`)", EXIT_BAD_INPUT)
+
+
+async def _retry(args: argparse.Namespace, rt: Runtime) -> int:
+    targets = [_find(rt, j) for j in args.job_ids]
+    async with rt.engine(take_over=False, resume=False) as engine:
+        for job in targets:
+            await engine.connector.provider(job.provider, job.demo)
+        for job in targets:
+            await engine.retry(job.id)
+        done = await engine.wait([j.id for j in targets])
+    _print_jobs(done, rt, args.json)
+    return _exit_code(done)
+
+
+async def _cancel(args: argparse.Namespace, rt: Runtime) -> int:
+    targets = [_find(rt, j) for j in args.job_ids]
+    async with rt.engine(take_over=False, resume=False) as engine:
+        for job in targets:
+            job = await engine.cancel(job.id)
+            state = "cancel requested" if job.cancel_requested else job.state.value
+            print(f"{job.id[:8]}  {state}", flush=True)
+    return EXIT_OK
+
+
+def _search(args: argparse.Namespace, rt: Runtime) -> int:
+    items = rt.library.items(text=args.text, limit=args.limit)
+    for item in items:
+        if args.json:
+            print(json.dumps(item_json(item), ensure_ascii=False))
+        else:
+            print(f"{item.id:>6}  {item.width}x{item.height} {item.format:<5} "
+                  f"{item.provider}/{item.model}  {_short(item.prompt, 50)}  {item.path}")
+    if not items and not args.json:
+        print("no matches", file=sys.stderr)
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace, rt: Runtime) -> int:
+    store = rt.secrets
+    if args.keys_command == "list":
+        backend = store.backend_name()
+        print(f"keychain: {backend}")
+        for pid, caps in PROVIDERS.items():
+            found = store.lookup(pid)
+            where = {"env": f"from {caps.env_key}", "keychain": "in the keychain",
+                     "none": "not set"}[found.source]
+            print(f"{pid:<10} {where}")
+        return EXIT_OK
+    if args.keys_command == "delete":
+        store.delete(args.provider)
+        print(f"removed the {PROVIDERS[args.provider].label} key from {store.backend_name()}")
+        return EXIT_OK
+    caps = PROVIDERS[args.provider]
+    prompt = f"{caps.label} API key: "
+    key = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.readline()
+    try:
+        store.set(args.provider, key.strip())
+    except ValueError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    print(f"stored the {caps.label} key in {store.backend_name()}")
+    return EXIT_OK
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from nbdesk.sim import Faults, SimConfig, run_standalone
+
+    config = SimConfig(job_seconds=args.job_seconds,
+                       faults=Faults(rate=args.fault_rate, seed=args.seed))
+    try:
+        run_standalone(args.port, config)
+    except OSError as exc:
+        _fail(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", EXIT_CONFIG)
+    return EXIT_OK
+
+
+def _gui(argv: Sequence[str]) -> int:
+    from nbdesk.app import main as app_main
+
+    return app_main(list(argv))
+
+
+def run(argv: Sequence[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command = args.command or "gui"
+    if command == "gui":
+        return _gui(argv)
+    if command == "sim":
+        return _sim(args)
+    rt = Runtime.open()
+    setup_logging(rt.paths, verbose=args.verbose)
+    try:
+        if command == "keys":
+            return _keys(args, rt)
+        if command == "search":
+            return _search(args, rt)
+        if command == "jobs":
+            _print_jobs(rt.library.jobs(), rt, args.json)
+            return EXIT_OK
+        handler = {"generate": _generate, "resume": _resume, "retry": _retry,
+                   "cancel": _cancel}[command]
+        return asyncio.run(handler(args, rt))
+    finally:
+        rt.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = run(argv)
+    except CliError as exc:
+        print(f"nbdesk: {exc}", file=sys.stderr)
+        code = exc.code
+    except InputError as exc:
+        print(f"nbdesk: {exc}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except (ConfigError, KeychainError, KeychainUnavailable, KeychainTimeout) as exc:
+        print(f"nbdesk: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except LibraryError as exc:
+        print(f"nbdesk: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("nbdesk: interrupted; unfinished jobs continue with `nbdesk resume`",
+              file=sys.stderr)
+        code = 130
+    except Exception as exc:  # a bug: one line for the user, the traceback in the log
+        log.exception("unexpected error")
+        print(f"nbdesk: internal error: {type(exc).__name__}: {exc} (details in the log)",
+              file=sys.stderr)
+        code = 70
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Builds the provider clients: API key, base URL, the shared HTTP client, Demo mode.
+
+Demo mode drives the real client against the loopback simulator started in-process,
+so a new user can try everything offline with no key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from nbdesk.api.apiframe import ApiframeProvider
+from nbdesk.api.apifree import ApifreeProvider
+from nbdesk.api.base import Provider
+from nbdesk.api.capabilities import PROVIDERS, ProviderCaps
+from nbdesk.api.http import RetryPolicy, check_base_url
+from nbdesk.core.secrets import KeychainError, SecretStore
+from nbdesk.core.settings import Settings
+from nbdesk.sim import DEMO_KEY, SimConfig, Simulator
+
+_CLASSES: dict[str, type[ApiframeProvider] | type[ApifreeProvider]] = {
+    "apiframe": ApiframeProvider,
+    "apifree": ApifreeProvider,
+}
+
+
+class ConfigError(Exception):
+    """A provider cannot be used as configured (no key, bad base URL); user-facing."""
+
+
+def base_url_for(
+    caps: ProviderCaps, settings: Settings, env: Mapping[str, str] | None = None
+) -> str:
+    env = os.environ if env is None else env
+    url = env.get(caps.env_base_url) or settings.base_urls.get(caps.id) or caps.base_url
+    try:
+        return check_base_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{caps.label}: {exc}") from None
+
+
+class Connector:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        secrets: SecretStore,
+        settings: Settings,
+        *,
+        env: Mapping[str, str] | None = None,
+        policy_factory: Callable[[], RetryPolicy] = RetryPolicy,
+        demo_config: SimConfig | None = None,
+    ) -> None:
+        self.http = http
+        self.secrets = secrets
+        self.settings = settings
+        self._env = os.environ if env is None else env
+        self._policy_factory = policy_factory
+        self._demo_config = demo_config
+        self._demo: Simulator | None = None
+        self._cache: dict[tuple[str, bool], Provider] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def demo_simulator(self) -> Simulator | None:
+        return self._demo
+
+    async def provider(self, provider_id: str, demo: bool = False) -> Provider:
+        """The client for a provider (cached); raises ConfigError with a clear message."""
+        async with self._lock:
+            cached = self._cache.get((provider_id, demo))
+            if cached is not None:
+                return cached
+            try:
+                caps = PROVIDERS[provider_id]
+            except KeyError:
+                raise ConfigError(f"unknown provider {provider_id!r}") from None
+            if demo:
+                if self._demo is None:
+                    sim = Simulator(self._demo_config or SimConfig())
+                    await asyncio.to_thread(sim.start)
+                    self._demo = sim
+                key, base = DEMO_KEY, self._demo.base_url
+            else:
+                key = await self._key(caps)
+                base = base_url_for(caps, self.settings, self._env)
+            client = _CLASSES[provider_id](self.http, key, base, self._policy_factory())
+            self._cache[(provider_id, demo)] = client
+            return client
+
+    async def _key(self, caps: ProviderCaps) -> str:
+        try:
+            found = await self.secrets.alookup(caps.id)
+        except KeychainError as exc:
+            raise ConfigError(f"{caps.label}: {exc}") from None
+        if not found.key:
+            raise ConfigError(
+                f"no API key for {caps.label}: run `nbdesk keys set {caps.id}`, add it in "
+                f"Settings, or set {caps.env_key}; or try it offline with --provider demo"
+            )
+        return found.key
+
+    def forget(self, provider_id: str) -> None:
+        """Drop cached clients (after a key or base URL changed)."""
+        for k in [k for k in self._cache if k[0] == provider_id]:
+            del self._cache[k]
+
+    async def close(self) -> None:
+        self._cache.clear()
+        if self._demo is not None:
+            sim, self._demo = self._demo, None
+            await asyncio.to_thread(sim.stop)

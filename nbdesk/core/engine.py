@@ -1,0 +1,577 @@
+"""The job engine: a crash-safe state machine over the library's jobs table.
+
+Every transition is written to the database before the side effect it guards:
+
+    queued -> submitting -> submitted -> running -> downloading -> completed
+                                                         \\-> failed | cancelled
+    (interrupted: a non-idempotent submit whose answer was lost; waits for the user)
+
+A job is worked by one process at a time (a lease in the database). After a crash,
+``resume`` polls submitted jobs (never resubmits them), resends a job caught in
+``submitting`` with the same idempotency key where the provider has one, and marks it
+interrupted otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nbdesk.api.base import (
+    ApiError,
+    GenerationRequest,
+    InputError,
+    PollResult,
+    ProtocolError,
+    Provider,
+    Reference,
+    RemoteState,
+    TransientError,
+    UnansweredSubmitError,
+)
+from nbdesk.api.capabilities import PROVIDERS
+from nbdesk.api.http import RetryPolicy, download_to
+from nbdesk.api.images import ImageCheckError, prepare_reference, probe_file
+from nbdesk.api.validate import validate_request
+from nbdesk.core.connector import ConfigError, Connector
+from nbdesk.core.jobs import (
+    REDOWNLOAD_KINDS,
+    RETRYABLE,
+    Job,
+    JobSpec,
+    JobState,
+    RefRecord,
+)
+from nbdesk.core.library import LeaseLost, Library, StoredImage, make_owner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+INTERRUPTED_MESSAGE = (
+    "the submit may or may not have reached {label} (the app stopped or the connection "
+    "broke before the answer); {label} has no idempotency key, so it was not sent again. "
+    "Retry sends it again — a new paid submission."
+)
+
+
+@dataclass
+class EngineConfig:
+    concurrency: int = 4  # per provider
+    poll_interval: float | None = None  # None: the provider's documented interval
+    slow_after: float = 60.0  # poll less often after this long
+    slow_factor: float = 2.0
+    job_timeout: float = 900.0  # give up waiting on the provider after this long
+    lease_ttl: float = 30.0
+    scan_interval: float = 2.0
+    take_over: bool = True  # claim active jobs found in the database (app, `resume`)
+    max_download_attempts: int = 8
+    max_protocol_errors: int = 10
+    wait_cap: float = 30.0  # longest pause between tries while a provider is down
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+Listener = Callable[[Job], None]
+
+
+class Engine:
+    def __init__(
+        self, library: Library, connector: Connector, config: EngineConfig | None = None
+    ) -> None:
+        self.library = library
+        self.connector = connector
+        self.config = config or EngineConfig()
+        self.owner = make_owner()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelling: set[str] = set()
+        self._sems: dict[str, asyncio.Semaphore] = {}
+        self._listeners: list[Listener] = []
+        self._external: list[Callable[[], None]] = []
+        self._running = asyncio.Event()
+        self._running.set()
+        self._bg: list[asyncio.Task[None]] = []
+        self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="nbdesk-db")
+        self._stopped = False
+        self._poll_errors: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a library call on the one database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_pool, partial(fn, *args, **kwargs))
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(job)`` runs on the event loop after every persisted change."""
+        self._listeners.append(listener)
+
+    def on_external_change(self, callback: Callable[[], None]) -> None:
+        """Called when another process changed the database (its jobs, its images)."""
+        self._external.append(callback)
+
+    def _emit(self, job: Job) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(job)
+            except Exception:
+                log.exception("job listener failed")
+
+    async def _update(self, job: Job, **fields: Any) -> Job:
+        job = await self.db(self.library.update_job, job.id, self.owner, **fields)
+        self._emit(job)
+        return job
+
+    def _sem(self, provider: str) -> asyncio.Semaphore:
+        if provider not in self._sems:
+            self._sems[provider] = asyncio.Semaphore(max(1, self.config.concurrency))
+        return self._sems[provider]
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        """Hold queued jobs (jobs already at the provider carry on)."""
+        self._running.clear()
+
+    def unpause(self) -> None:
+        self._running.set()
+
+    def busy(self) -> list[str]:
+        return list(self._tasks)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, *, resume: bool = True) -> list[str]:
+        """Start background work; with ``resume`` take up every unfinished job."""
+        resumed = await self.resume_all() if resume else []
+        self._bg.append(asyncio.create_task(self._heartbeat_loop(), name="nbdesk-heartbeat"))
+        if self.config.take_over:
+            self._bg.append(asyncio.create_task(self._scan_loop(), name="nbdesk-scan"))
+        return resumed
+
+    async def resume_all(self) -> list[str]:
+        ids = await self.db(self.library.claimable, self.owner)
+        started = [i for i in ids if i not in self._tasks]
+        for job_id in started:
+            self._spawn(job_id)
+        return started
+
+    async def stop(self) -> None:
+        """Stop working; unfinished jobs keep their persisted state for the next start."""
+        if self._stopped:
+            return
+        self._stopped = True
+        tasks = [*self._bg, *self._tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._bg.clear()
+        try:
+            await self.db(self.library.release, self.owner)
+        finally:
+            self._db_pool.shutdown(wait=True)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_ttl / 3)
+            try:
+                await self.db(self.library.heartbeat, self.owner, self.config.lease_ttl)
+            except Exception:
+                log.exception("lease heartbeat failed")
+
+    async def _scan_loop(self) -> None:
+        seen = await self.db(self.library.data_version)
+        while True:
+            await asyncio.sleep(self.config.scan_interval)
+            try:
+                version = await self.db(self.library.data_version)
+                if version != seen:
+                    seen = version
+                    for callback in list(self._external):
+                        callback()
+                await self.resume_all()
+            except Exception:
+                log.exception("scanning the library for jobs failed")
+
+    # ------------------------------------------------------------------ user actions
+
+    def check(self, spec: JobSpec) -> None:
+        """Validate a spec against the capability table; raises InputError."""
+        caps = PROVIDERS.get(spec.provider)
+        if caps is None:
+            raise InputError(f"unknown provider {spec.provider!r}")
+        p = spec.params
+        validate_request(caps, GenerationRequest(
+            model=spec.model, prompt=spec.prompt, aspect_ratio=p.aspect_ratio,
+            resolution=p.resolution, output_format=p.output_format,
+            google_search=p.google_search, image_search=p.image_search, cache_key=p.cache_key,
+            references=[Reference(s) for s in spec.refs],
+        ))
+
+    async def enqueue(self, spec: JobSpec, count: int = 1) -> list[Job]:
+        """Check everything, copy the references in, write ``count`` jobs, start them.
+
+        Raises InputError or ConfigError before anything is written or sent.
+        """
+        if count < 1:
+            raise InputError("the number of images must be at least 1")
+        self.check(spec)
+        await self.connector.provider(spec.provider, spec.demo)  # a key, a valid base URL
+        refs = await asyncio.to_thread(self._import_refs, spec.refs)
+        jobs = await self.db(self.library.add_jobs, spec, refs, count)
+        for job in jobs:
+            self._emit(job)
+            self._spawn(job.id)
+        return jobs
+
+    def _import_refs(self, sources: Sequence[str]) -> list[RefRecord]:
+        records = []
+        for source in sources:
+            _ref, data, info = prepare_reference(source)
+            if data is None or info is None:
+                records.append(RefRecord(source=source, kind="url"))
+                continue
+            rel, digest = self.library.import_ref(data, info.ext)
+            records.append(RefRecord(
+                source=source, kind="file", path=rel, sha256=digest,
+                width=info.width, height=info.height, mime=info.mime,
+            ))
+        return records
+
+    async def cancel(self, job_id: str) -> Job:
+        task = self._tasks.get(job_id)
+        if task is not None:
+            self._cancelling.add(job_id)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._cancelling.discard(job_id)
+        job = await self.db(self.library.job, job_id)
+        if job.state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED):
+            return job
+        claimed = await self.db(self.library.claim, job_id, self.owner, self.config.lease_ttl)
+        if claimed is None:
+            # Another live process works it: ask it to stop at its next step.
+            job = await self.db(self.library.update_job, job_id, None, cancel_requested=True)
+            self._emit(job)
+            return job
+        job = await self._mark_cancelled(claimed)
+        await self.db(self.library.release, self.owner, job_id)
+        return job
+
+    async def _mark_cancelled(self, job: Job) -> Job:
+        note = None
+        if job.state not in (JobState.QUEUED, JobState.INTERRUPTED):
+            note = "cancelled after it was sent: the provider may still bill it"
+        return await self._update(
+            job, state=JobState.CANCELLED, finished_at=time.time(), note=note,
+            cancel_requested=False,
+        )
+
+    async def retry(self, job_id: str) -> Job:
+        """Run a failed, interrupted or cancelled job again.
+
+        A job that failed while storing or downloading its image downloads it again
+        (nothing is paid twice); any other retry is a new paid submission with a new
+        idempotency key.
+        """
+        job = await self.db(self.library.job, job_id)
+        if job.state not in RETRYABLE:
+            raise InputError(f"job {job_id[:8]} is {job.state.value}; only failed, "
+                             "interrupted or cancelled jobs can be retried")
+        claimed = await self.db(self.library.claim, job_id, self.owner, self.config.lease_ttl)
+        if claimed is None:
+            raise InputError(f"job {job_id[:8]} is being worked by another nbdesk process")
+        common: dict[str, Any] = dict(
+            error=None, error_kind=None, note=None, finished_at=None, cancel_requested=False
+        )
+        if job.error_kind in REDOWNLOAD_KINDS and job.remote_id:
+            job = await self._update(claimed, state=JobState.DOWNLOADING, **common)
+        else:
+            job = await self._update(
+                claimed, state=JobState.QUEUED, idem_key=str(uuid.uuid4()), remote_id=None,
+                result_urls=(), progress=None, cost=None, submitted_at=None, **common,
+            )
+        self._spawn(job.id)
+        return job
+
+    async def remove(self, job_id: str) -> None:
+        """Forget a finished job; its images stay in the library."""
+        await self.db(self.library.remove_job, job_id)
+
+    async def wait(self, job_ids: Iterable[str]) -> list[Job]:
+        """Wait until none of these jobs is being worked here; return their records."""
+        ids = list(job_ids)
+        while True:
+            pending = [self._tasks[i] for i in ids if i in self._tasks]
+            if not pending:
+                break
+            await asyncio.gather(*pending, return_exceptions=True)
+        return [await self.db(self.library.job, i) for i in ids]
+
+    # ------------------------------------------------------------------ the worker
+
+    def _spawn(self, job_id: str) -> None:
+        if job_id in self._tasks or self._stopped:
+            return
+        self._tasks[job_id] = asyncio.create_task(self._run(job_id), name=f"job-{job_id[:8]}")
+
+    async def _run(self, job_id: str) -> None:
+        try:
+            job = await self.db(self.library.claim, job_id, self.owner, self.config.lease_ttl)
+            if job is None or not job.state.active:
+                return
+            await self.db(self.library.clear_tmp, job_id)
+            async with self._sem(job.provider):
+                try:
+                    provider = await self.connector.provider(job.provider, job.demo)
+                except ConfigError as exc:
+                    await self._fail(job, str(exc), "config")
+                    return
+                while job.state.active:
+                    if job.cancel_requested:
+                        await self._mark_cancelled(job)
+                        return
+                    job = await self._step(job, provider)
+        except asyncio.CancelledError:
+            raise
+        except LeaseLost:
+            log.info("job %s was taken over by another process", job_id[:8])
+        except Exception as exc:
+            log.exception("job %s failed with an internal error", job_id[:8])
+            with contextlib.suppress(Exception):
+                job = await self.db(self.library.job, job_id)
+                await self._fail(job, f"internal error: {type(exc).__name__}: {exc}", "internal")
+        finally:
+            self._tasks.pop(job_id, None)
+            if not self._stopped and job_id not in self._cancelling:
+                with contextlib.suppress(Exception):
+                    await self.db(self.library.release, self.owner, job_id)
+
+    async def _fail(self, job: Job, message: str, kind: str) -> Job:
+        return await self._update(
+            job, state=JobState.FAILED, error=message, error_kind=kind, note=None,
+            finished_at=time.time(),
+        )
+
+    async def _step(self, job: Job, provider: Provider) -> Job:
+        state = job.state
+        if state is JobState.QUEUED:
+            await self._running.wait()
+            try:
+                request = await asyncio.to_thread(self._request, job)
+            except InputError as exc:
+                return await self._fail(job, exc.message, exc.kind)
+            job = await self._update(
+                job, state=JobState.SUBMITTING, submit_attempts=job.submit_attempts + 1,
+                note=None,
+            )
+            return await self._submit(job, provider, request)
+        if state is JobState.SUBMITTING:
+            if not provider.idempotent_submit:
+                return await self._interrupt(job)
+            try:
+                request = await asyncio.to_thread(self._request, job)
+            except InputError as exc:
+                return await self._fail(job, exc.message, exc.kind)
+            return await self._submit(job, provider, request)
+        if state in (JobState.SUBMITTED, JobState.RUNNING):
+            return await self._poll(job, provider)
+        if state is JobState.DOWNLOADING:
+            return await self._download(job, provider)
+        raise AssertionError(f"no step for state {state}")
+
+    def _request(self, job: Job) -> GenerationRequest:
+        refs: list[Reference] = []
+        for ref in job.refs:
+            if ref.kind == "file" and ref.path:
+                path = self.library.root / ref.path
+                if not path.is_file():
+                    raise InputError(f"the library's copy of reference {ref.source} is missing")
+                refs.append(prepare_reference(str(path))[0])
+            else:
+                refs.append(Reference(ref.source))
+        p = job.params
+        return GenerationRequest(
+            model=job.model, prompt=job.prompt, aspect_ratio=p.aspect_ratio,
+            resolution=p.resolution, output_format=p.output_format,
+            google_search=p.google_search, image_search=p.image_search,
+            cache_key=p.cache_key, references=refs,
+        )
+
+    async def _interrupt(self, job: Job) -> Job:
+        label = PROVIDERS[job.provider].label
+        return await self._update(
+            job, state=JobState.INTERRUPTED, error=INTERRUPTED_MESSAGE.format(label=label),
+            error_kind="unanswered", finished_at=time.time(), note=None,
+        )
+
+    async def _wait_out(self, job: Job, exc: ApiError, attempt: int, deadline: float) -> Job:
+        """Note why we wait, then back off (capped); fail when the deadline has passed."""
+        if time.monotonic() >= deadline:
+            raise exc
+        delay = self.config.retry.delay(min(attempt, 10), getattr(exc, "retry_after", None))
+        delay = min(max(delay, 0.05), self.config.wait_cap)
+        job = await self._update(job, note=f"waiting for the provider: {exc.message}")
+        await self.config.retry.sleep(delay)
+        return job
+
+    async def _submit(self, job: Job, provider: Provider, request: GenerationRequest) -> Job:
+        deadline = time.monotonic() + self.config.job_timeout
+        attempt = 0
+        while True:
+            try:
+                result = await provider.submit(request, job.idem_key)
+            except UnansweredSubmitError:
+                return await self._interrupt(job)
+            except TransientError as exc:
+                if exc.sent and not provider.idempotent_submit:
+                    return await self._interrupt(job)
+                attempt += 1
+                try:
+                    job = await self._wait_out(job, exc, attempt, deadline)
+                except TransientError:
+                    if provider.idempotent_submit or not exc.sent:
+                        return await self._fail(job, f"gave up: {exc.message}", exc.kind)
+                    return await self._interrupt(job)
+                continue
+            except ApiError as exc:
+                return await self._fail(job, exc.message, exc.kind)
+            return await self._update(
+                job, state=JobState.SUBMITTED, remote_id=result.remote_id,
+                submitted_at=time.time(), note=None,
+            )
+
+    async def _poll_once(
+        self, job: Job, provider: Provider, deadline: float
+    ) -> tuple[Job, PollResult | None]:
+        """One poll with the waiting policy; (job, None) means "try again later"."""
+        assert job.remote_id is not None
+        try:
+            result = await provider.poll(job.remote_id)
+        except (TransientError, ProtocolError) as exc:
+            count = self._poll_errors.get(job.id, 0) + 1
+            self._poll_errors[job.id] = count
+            if isinstance(exc, ProtocolError) and count > self.config.max_protocol_errors:
+                raise
+            job = await self._wait_out(job, exc, count, deadline)
+            return job, None
+        self._poll_errors.pop(job.id, None)
+        return job, result
+
+    async def _poll(self, job: Job, provider: Provider) -> Job:
+        interval = self.config.poll_interval or PROVIDERS[job.provider].poll_interval
+        started = time.monotonic()
+        deadline = started + self.config.job_timeout
+        while True:
+            try:
+                job, result = await self._poll_once(job, provider, deadline)
+            except ApiError as exc:
+                if time.monotonic() >= deadline:
+                    return await self._fail(job, self._timeout_message(job), "timeout")
+                return await self._fail(job, exc.message, exc.kind)
+            if result is not None:
+                if result.state is RemoteState.COMPLETED:
+                    return await self._update(
+                        job, state=JobState.DOWNLOADING, result_urls=result.urls,
+                        cost=result.cost, progress=100.0, note=None,
+                    )
+                if result.state is RemoteState.FAILED:
+                    return await self._update(
+                        job, state=JobState.FAILED, error=result.error,
+                        error_kind="provider_failed", cost=result.cost,
+                        finished_at=time.time(), note=None,
+                    )
+                state = JobState.RUNNING if result.state is RemoteState.RUNNING else job.state
+                if (state, result.progress) != (job.state, job.progress) or job.note:
+                    job = await self._update(job, state=state, progress=result.progress, note=None)
+            if time.monotonic() >= deadline:
+                return await self._fail(job, self._timeout_message(job), "timeout")
+            elapsed = time.monotonic() - started
+            factor = self.config.slow_factor if elapsed > self.config.slow_after else 1.0
+            await asyncio.sleep(interval * factor)
+            fresh = await self.db(self.library.job, job.id)
+            if fresh.cancel_requested:
+                return fresh
+            if fresh.lease_owner != self.owner:
+                raise LeaseLost(job.id)
+
+    def _timeout_message(self, job: Job) -> str:
+        minutes = self.config.job_timeout / 60
+        return (f"the provider did not finish the job within {minutes:.0f} min "
+                f"(remote id {job.remote_id})")
+
+    async def _download(self, job: Job, provider: Provider) -> Job:
+        urls = job.result_urls
+        deadline = time.monotonic() + self.config.job_timeout
+        if not urls:
+            # Resumed after a crash, or retried: ask the provider for fresh URLs.
+            result: PollResult | None = None
+            while result is None:
+                try:
+                    job, result = await self._poll_once(job, provider, deadline)
+                except ApiError as exc:
+                    return await self._fail(job, exc.message, "download")
+            if result.state is not RemoteState.COMPLETED:
+                return await self._fail(
+                    job, f"the provider no longer reports the job as completed "
+                    f"({result.raw_status or result.state.value})", "download",
+                )
+            urls = result.urls
+            job = await self._update(job, result_urls=urls, cost=result.cost or job.cost)
+        stored: list[StoredImage] = []
+        max_bytes = PROVIDERS[job.provider].max_download_bytes
+        for idx, url in enumerate(urls):
+            attempt = 0
+            while True:
+                tmp = self.library.tmp_path(job.id, idx)
+                try:
+                    got = await download_to(self.connector.http, url, tmp, max_bytes=max_bytes)
+                    info = await asyncio.to_thread(probe_file, tmp)
+                    image = await self.db(
+                        self.library.place_image, job, idx, tmp, sha256=got.sha256,
+                        size=got.size, width=info.width, height=info.height,
+                        fmt=info.format, ext=info.ext,
+                    )
+                    stored.append(image)
+                    break
+                except TransientError as exc:
+                    attempt += 1
+                    if attempt >= self.config.max_download_attempts:
+                        return await self._fail(job, f"download failed: {exc.message}", "download")
+                    job = await self._wait_out(job, exc, attempt, deadline)
+                except ImageCheckError as exc:
+                    tmp.unlink(missing_ok=True)
+                    attempt += 1
+                    if attempt >= 3:
+                        return await self._fail(
+                            job, f"the provider's file is not a usable image: {exc}", "download"
+                        )
+                except ApiError as exc:
+                    return await self._fail(job, exc.message, "download")
+                except OSError as exc:
+                    tmp.unlink(missing_ok=True)
+                    return await self._fail(
+                        job, f"cannot write to the library ({exc.strerror or exc}); free some "
+                        "space or fix the folder's permissions, then retry (no new payment)",
+                        "storage",
+                    )
+        try:
+            done = await self.db(self.library.complete_job, job, self.owner, stored, job.cost)
+        except (OSError, sqlite3.OperationalError) as exc:
+            return await self._fail(job, f"cannot write the library database: {exc}", "storage")
+        self._emit(done)
+        return done
+
+    def image_paths(self, job: Job) -> list[Path]:
+        return [i.path for i in self.library.items_for_job(job.id)]

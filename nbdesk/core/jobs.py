@@ -1,0 +1,166 @@
+"""Job states, the parameters a user asks for, and the persisted job record."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    DOWNLOADING = "downloading"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def active(self) -> bool:
+        """Work remains that the engine does without asking the user."""
+        return self in ACTIVE
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+ACTIVE = frozenset(
+    {JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RUNNING,
+     JobState.DOWNLOADING}
+)
+#: Nothing more happens to these without the user (interrupted waits for a retry).
+FINISHED = frozenset(
+    {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED}
+)
+RETRYABLE = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
+
+#: error kinds after which a retry downloads again instead of paying again
+REDOWNLOAD_KINDS = frozenset({"storage", "download"})
+
+PARAMS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """Everything a user chose for one generation, as stored with the job and the image."""
+
+    aspect_ratio: str | None = None
+    resolution: str | None = None
+    output_format: str | None = None
+    google_search: bool = False
+    image_search: bool = False
+    cache_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": PARAMS_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobParams:
+        """Read a stored record; older records are upgraded, unknown keys ignored."""
+        d = dict(data)
+        d.pop("v", None)
+        if "format" in d and "output_format" not in d:  # spelling of early records
+            d["output_format"] = d.pop("format")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """A reference image of a job: a URL, or a local file copied into the library."""
+
+    source: str  # what the user gave: a path or a URL
+    kind: str  # "url" | "file"
+    path: str | None = None  # library-relative copy, for files
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mime: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RefRecord:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the user asks for; the engine turns one spec into ``count`` jobs."""
+
+    provider: str
+    model: str
+    prompt: str
+    params: JobParams = field(default_factory=JobParams)
+    refs: tuple[str, ...] = ()
+    demo: bool = False
+    parent_item: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    idem_key: str
+    created_at: float
+    updated_at: float
+    provider: str
+    demo: bool
+    model: str
+    prompt: str
+    params: JobParams
+    refs: tuple[RefRecord, ...]
+    parent_item: int | None
+    state: JobState
+    remote_id: str | None = None
+    progress: float | None = None
+    cost: float | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    note: str | None = None
+    result_urls: tuple[str, ...] = ()
+    submit_attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    cancel_requested: bool = False
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        """From a database row (``sqlite3.Row``)."""
+        return cls(
+            id=row["id"],
+            idem_key=row["idem_key"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            provider=row["provider"],
+            demo=bool(row["demo"]),
+            model=row["model"],
+            prompt=row["prompt"],
+            params=JobParams.from_dict(json.loads(row["params"] or "{}")),
+            refs=tuple(RefRecord.from_dict(r) for r in json.loads(row["refs"] or "[]")),
+            parent_item=row["parent_item"],
+            state=JobState(row["state"]),
+            remote_id=row["remote_id"],
+            progress=row["progress"],
+            cost=row["cost"],
+            error=row["error"],
+            error_kind=row["error_kind"],
+            note=row["note"],
+            result_urls=tuple(json.loads(row["result_urls"] or "[]")),
+            submit_attempts=row["submit_attempts"],
+            lease_owner=row["lease_owner"],
+            lease_expires=row["lease_expires"],
+            submitted_at=row["submitted_at"],
+            finished_at=row["finished_at"],
+            cancel_requested=bool(row["cancel_requested"]),
+        )
+
+    @property
+    def provider_label(self) -> str:
+        return f"{self.provider} (demo)" if self.demo else self.provider

@@ -1,0 +1,715 @@
+"""The local library: SQLite (WAL, migrations by ``PRAGMA user_version``) plus image files.
+
+Files are written to a temp name, fsynced and renamed into place before the row that
+names them is committed; the row and the job's ``completed`` state go in one
+transaction. Deleting moves files to the trash folder and can be undone.
+
+All methods are synchronous and thread-safe (one connection behind a lock); the
+engine and the window call them from a worker thread, never the GUI thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbdesk.core.jobs import Job, JobSpec, JobState, RefRecord
+from nbdesk.core.paths import Paths
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE jobs (
+    id               TEXT PRIMARY KEY,
+    idem_key         TEXT NOT NULL,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    provider         TEXT NOT NULL,
+    demo             INTEGER NOT NULL DEFAULT 0,
+    model            TEXT NOT NULL,
+    prompt           TEXT NOT NULL,
+    params           TEXT NOT NULL DEFAULT '{}',
+    refs             TEXT NOT NULL DEFAULT '[]',
+    parent_item      INTEGER REFERENCES items(id) ON DELETE SET NULL,
+    state            TEXT NOT NULL,
+    remote_id        TEXT,
+    progress         REAL,
+    cost             REAL,
+    error            TEXT,
+    error_kind       TEXT,
+    note             TEXT,
+    result_urls      TEXT NOT NULL DEFAULT '[]',
+    submit_attempts  INTEGER NOT NULL DEFAULT 0,
+    lease_owner      TEXT,
+    lease_expires    REAL,
+    submitted_at     REAL,
+    finished_at      REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_state ON jobs(state);
+CREATE INDEX jobs_created ON jobs(created_at);
+
+CREATE TABLE items (
+    id           INTEGER PRIMARY KEY,
+    job_id       TEXT REFERENCES jobs(id) ON DELETE SET NULL,
+    idx          INTEGER NOT NULL DEFAULT 0,
+    path         TEXT NOT NULL UNIQUE,
+    sha256       TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    width        INTEGER NOT NULL,
+    height       INTEGER NOT NULL,
+    format       TEXT NOT NULL,
+    prompt       TEXT NOT NULL,
+    provider     TEXT NOT NULL,
+    demo         INTEGER NOT NULL DEFAULT 0,
+    model        TEXT NOT NULL,
+    params       TEXT NOT NULL DEFAULT '{}',
+    refs         TEXT NOT NULL DEFAULT '[]',
+    cost         REAL,
+    remote_id    TEXT,
+    parent_item  INTEGER REFERENCES items(id) ON DELETE SET NULL,
+    created_at   REAL NOT NULL,
+    completed_at REAL NOT NULL,
+    favourite    INTEGER NOT NULL DEFAULT 0,
+    deleted_at   REAL
+);
+CREATE UNIQUE INDEX items_job_idx ON items(job_id, idx);
+CREATE INDEX items_completed ON items(completed_at);
+CREATE INDEX items_provider_model ON items(provider, model);
+
+CREATE VIRTUAL TABLE items_fts USING fts5(
+    prompt, content='items', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER items_ai AFTER INSERT ON items BEGIN
+    INSERT INTO items_fts(rowid, prompt) VALUES (new.id, new.prompt);
+END;
+CREATE TRIGGER items_ad AFTER DELETE ON items BEGIN
+    INSERT INTO items_fts(items_fts, rowid, prompt) VALUES ('delete', old.id, old.prompt);
+END;
+CREATE TRIGGER items_au AFTER UPDATE OF prompt ON items BEGIN
+    INSERT INTO items_fts(items_fts, rowid, prompt) VALUES ('delete', old.id, old.prompt);
+    INSERT INTO items_fts(rowid, prompt) VALUES (new.id, new.prompt);
+END;
+"""
+
+#: Each entry upgrades from version (index) to version (index + 1).
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+
+
+class LibraryError(Exception):
+    """The library cannot be opened or written; ``str()`` is user-facing."""
+
+
+class LeaseLost(Exception):
+    """Another process took this job over; this process stops working on it."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image file already renamed into place, waiting for its row."""
+
+    idx: int
+    rel_path: str
+    sha256: str
+    size: int
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    job_id: str | None
+    idx: int
+    path: Path
+    sha256: str
+    size: int
+    width: int
+    height: int
+    format: str
+    prompt: str
+    provider: str
+    demo: bool
+    model: str
+    params: dict[str, Any]
+    refs: tuple[RefRecord, ...]
+    cost: float | None
+    remote_id: str | None
+    parent_item: int | None
+    created_at: float
+    completed_at: float
+    favourite: bool
+    deleted_at: float | None
+
+
+def make_owner() -> str:
+    """A lease owner id for this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_alive(owner: str) -> bool:
+    """False only when the owner is provably dead (same host, no such process)."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Library:
+    def __init__(self, paths: Paths, *, clock: Any = time.time) -> None:
+        self.paths = paths
+        self.root = paths.root
+        self._clock = clock
+        self._lock = threading.RLock()
+        try:
+            paths.ensure()
+            for d in (paths.images, paths.refs, paths.tmp, paths.trash):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LibraryError(
+                f"cannot create the library folder {paths.root}: {exc.strerror}"
+            ) from None
+        self._conn = self._connect(paths.db)
+
+    # ------------------------------------------------------------------ opening
+
+    def _connect(self, db: Path) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                db, timeout=15.0, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=15000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise LibraryError(
+                    f"the library at {db} was written by a newer nbdesk (schema {version}, "
+                    f"this version knows {SCHEMA_VERSION}); it was left untouched — "
+                    "please update nbdesk"
+                )
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("library journal mode is %s, not WAL", mode)
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate(conn, version)
+        except sqlite3.DatabaseError as exc:
+            raise LibraryError(
+                f"the library database {db} cannot be read ({exc}); it was left untouched. "
+                "Move it aside to start a new library, or restore it from a backup."
+            ) from None
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection, version: int) -> None:
+        while version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-read under the write lock: another process may have migrated meanwhile.
+                current = conn.execute("PRAGMA user_version").fetchone()[0]
+                if current != version:
+                    conn.execute("ROLLBACK")
+                    version = current
+                    continue
+                for statement in _split_sql(MIGRATIONS[version]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={version + 1}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            version += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def data_version(self) -> int:
+        """Changes when another connection (another process) commits."""
+        with self._lock:
+            value: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            return value
+
+    # ------------------------------------------------------------------ jobs
+
+    def add_jobs(self, spec: JobSpec, refs: Sequence[RefRecord], count: int) -> list[Job]:
+        """Write ``count`` queued jobs for ``spec``; each gets a fresh client UUID."""
+        now = self._clock()
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        params = json.dumps(spec.params.to_dict())
+        refs_json = json.dumps([r.__dict__ for r in refs])
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO jobs (id, idem_key, created_at, updated_at, provider, demo, model,"
+                " prompt, params, refs, parent_item, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (i, i, now, now, spec.provider, int(spec.demo), spec.model, spec.prompt,
+                     params, refs_json, spec.parent_item, JobState.QUEUED.value)
+                    for i in ids
+                ],
+            )
+        return [self.job(i) for i in ids]
+
+    def job(self, job_id: str) -> Job:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise KeyError(job_id)
+        return Job.from_row(rows[0])
+
+    def find_job(self, prefix: str) -> Job:
+        """A job by its id or a unique prefix of it (for the CLI)."""
+        rows = self._query(
+            "SELECT * FROM jobs WHERE id = ? OR id LIKE ? LIMIT 2",
+            (prefix, prefix.replace("%", "").replace("_", "") + "%"),
+        )
+        exact = [r for r in rows if r["id"] == prefix]
+        if exact:
+            return Job.from_row(exact[0])
+        if len(rows) != 1 or len(prefix) < 4:
+            raise KeyError(prefix)
+        return Job.from_row(rows[0])
+
+    def jobs(
+        self, states: Iterable[JobState] | None = None, limit: int | None = None
+    ) -> list[Job]:
+        sql = "SELECT * FROM jobs"
+        args: list[Any] = []
+        if states is not None:
+            wanted = [s.value for s in states]
+            sql += f" WHERE state IN ({','.join('?' * len(wanted))})"
+            args += wanted
+        sql += " ORDER BY created_at, rowid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Job.from_row(r) for r in self._query(sql, args)]
+
+    def update_job(self, job_id: str, owner: str | None, **fields: Any) -> Job:
+        """Persist fields of a job this owner holds the lease on (raises LeaseLost)."""
+        fields = {k: _encode(v) for k, v in fields.items()}
+        fields["updated_at"] = self._clock()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        args = [*fields.values(), job_id]
+        sql = f"UPDATE jobs SET {sets} WHERE id = ?"
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            args.append(owner)
+        with self._write() as conn:
+            if conn.execute(sql, args).rowcount != 1:
+                raise LeaseLost(job_id)
+        return self.job(job_id)
+
+    def claim(self, job_id: str, owner: str, ttl: float) -> Job | None:
+        """Take the job's lease if it is free, expired or its owner is dead."""
+        now = self._clock()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT lease_owner, lease_expires FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            holder, expires = row["lease_owner"], row["lease_expires"]
+            free = (
+                holder is None
+                or holder == owner
+                or (expires is not None and expires < now)
+                or not owner_alive(holder)
+            )
+            if not free:
+                return None
+            conn.execute(
+                "UPDATE jobs SET lease_owner = ?, lease_expires = ? WHERE id = ?",
+                (owner, now + ttl, job_id),
+            )
+        return self.job(job_id)
+
+    def claimable(self, owner: str) -> list[str]:
+        """Ids of active jobs nobody live holds (for resume and for taking over)."""
+        now = self._clock()
+        active = [s.value for s in JobState if s.active]
+        rows = self._query(
+            f"SELECT id, lease_owner, lease_expires FROM jobs WHERE state IN "
+            f"({','.join('?' * len(active))}) ORDER BY created_at, rowid",
+            active,
+        )
+        return [
+            r["id"] for r in rows
+            if r["lease_owner"] is None
+            or r["lease_owner"] == owner
+            or (r["lease_expires"] is not None and r["lease_expires"] < now)
+            or not owner_alive(r["lease_owner"])
+        ]
+
+    def heartbeat(self, owner: str, ttl: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE lease_owner = ?",
+                (self._clock() + ttl, owner),
+            )
+
+    def release(self, owner: str, job_id: str | None = None) -> None:
+        with self._write() as conn:
+            if job_id is None:
+                conn.execute(
+                    "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL"
+                    " WHERE lease_owner = ?", (owner,),
+                )
+            else:
+                conn.execute(
+                    "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL"
+                    " WHERE lease_owner = ? AND id = ?", (owner, job_id),
+                )
+
+    def remove_job(self, job_id: str) -> None:
+        """Forget a finished job (its images stay in the library)."""
+        with self._write() as conn:
+            conn.execute(
+                "DELETE FROM jobs WHERE id = ? AND state IN (?,?,?,?)",
+                (job_id, JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED,
+                 JobState.INTERRUPTED),
+            )
+
+    # ------------------------------------------------------------------ files
+
+    def tmp_path(self, job_id: str, idx: int) -> Path:
+        return self.paths.tmp / f"{job_id}-{idx}.part"
+
+    def clear_tmp(self, job_id: str) -> None:
+        for stale in self.paths.tmp.glob(f"{job_id}-*.part"):
+            stale.unlink(missing_ok=True)
+
+    def image_rel_path(self, job: Job, idx: int, ext: str) -> str:
+        stamp = time.gmtime(job.created_at)
+        return (
+            f"images/{stamp.tm_year:04d}/{stamp.tm_mon:02d}/"
+            f"{time.strftime('%Y%m%d-%H%M%S', stamp)}-{job.id[:8]}-{idx}.{ext}"
+        )
+
+    def place_image(
+        self, job: Job, idx: int, tmp: Path, *, sha256: str, size: int, width: int,
+        height: int, fmt: str, ext: str,
+    ) -> StoredImage:
+        """Rename a verified, fsynced temp file to its final, deterministic name."""
+        rel = self.image_rel_path(job, idx, ext)
+        final = self.root / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        return StoredImage(idx, rel, sha256, size, width, height, fmt)
+
+    def complete_job(
+        self, job: Job, owner: str, images: Sequence[StoredImage], cost: float | None
+    ) -> Job:
+        """Insert the images' rows and mark the job completed, in one transaction."""
+        now = self._clock()
+        with self._write() as conn:
+            held = conn.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND lease_owner = ?", (job.id, owner)
+            ).fetchone()
+            if held is None:
+                raise LeaseLost(job.id)
+            for img in images:
+                conn.execute(
+                    "INSERT OR REPLACE INTO items (job_id, idx, path, sha256, size, width,"
+                    " height, format, prompt, provider, demo, model, params, refs, cost,"
+                    " remote_id, parent_item, created_at, completed_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (job.id, img.idx, img.rel_path, img.sha256, img.size, img.width,
+                     img.height, img.format, job.prompt, job.provider, int(job.demo), job.model,
+                     json.dumps(job.params.to_dict()), json.dumps([r.__dict__ for r in job.refs]),
+                     (cost / len(images)) if cost is not None else None, job.remote_id,
+                     job.parent_item, job.created_at, now),
+                )
+            conn.execute(
+                "UPDATE jobs SET state = ?, cost = ?, progress = 100, error = NULL,"
+                " error_kind = NULL, note = NULL, finished_at = ?, updated_at = ?,"
+                " lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                (JobState.COMPLETED.value, cost, now, now, job.id),
+            )
+        return self.job(job.id)
+
+    def import_ref(self, data: bytes, ext: str) -> tuple[str, str]:
+        """Copy a reference image into refs/ by content; returns (rel path, sha256)."""
+        digest = hashlib.sha256(data).hexdigest()
+        rel = f"refs/{digest[:2]}/{digest}.{ext}"
+        final = self.root / rel
+        if not final.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.paths.tmp / f"ref-{digest}-{uuid.uuid4().hex[:6]}.part"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+        return rel, digest
+
+    # ------------------------------------------------------------------ items
+
+    def items_for_job(self, job_id: str) -> list[Item]:
+        rows = self._query("SELECT * FROM items WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [self._item(r) for r in rows]
+
+    def item(self, item_id: int) -> Item:
+        rows = self._query("SELECT * FROM items WHERE id = ?", (item_id,))
+        if not rows:
+            raise KeyError(item_id)
+        return self._item(rows[0])
+
+    def items(
+        self,
+        *,
+        text: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        favourites: bool = False,
+        since: float | None = None,
+        until: float | None = None,
+        trash: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Item]:
+        """Library items, newest first, filtered; ``text`` is a full-text query."""
+        sql, args = self._item_filter(text, provider, model, favourites, since, until, trash)
+        sql = "SELECT items.* " + sql + " ORDER BY items.completed_at DESC, items.id DESC"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+        return [self._item(r) for r in self._query(sql, args)]
+
+    def item_ids(self, **filters: Any) -> list[int]:
+        """Only the ids (cheap even for 100,000 items): for models that load lazily."""
+        sql, args = self._item_filter(
+            filters.get("text"), filters.get("provider"), filters.get("model"),
+            filters.get("favourites", False), filters.get("since"), filters.get("until"),
+            filters.get("trash", False),
+        )
+        rows = self._query(
+            "SELECT items.id " + sql + " ORDER BY items.completed_at DESC, items.id DESC", args
+        )
+        return [r[0] for r in rows]
+
+    def items_by_id(self, ids: Sequence[int]) -> dict[int, Item]:
+        out: dict[int, Item] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            rows = self._query(
+                f"SELECT * FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            )
+            out.update((r["id"], self._item(r)) for r in rows)
+        return out
+
+    @staticmethod
+    def _item_filter(
+        text: str | None, provider: str | None, model: str | None, favourites: bool,
+        since: float | None, until: float | None, trash: bool,
+    ) -> tuple[str, list[Any]]:
+        sql = "FROM items"
+        where = ["items.deleted_at IS NOT NULL" if trash else "items.deleted_at IS NULL"]
+        args: list[Any] = []
+        if text and text.strip():
+            sql += " JOIN items_fts ON items_fts.rowid = items.id"
+            where.append("items_fts MATCH ?")
+            args.append(fts_query(text))
+        if provider:
+            where.append("items.provider = ?")
+            args.append(provider)
+        if model:
+            where.append("items.model = ?")
+            args.append(model)
+        if favourites:
+            where.append("items.favourite = 1")
+        if since is not None:
+            where.append("items.completed_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("items.completed_at < ?")
+            args.append(until)
+        return sql + " WHERE " + " AND ".join(where), args
+
+    def count_items(self) -> int:
+        return int(self._query("SELECT count(*) FROM items WHERE deleted_at IS NULL")[0][0])
+
+    def total_cost(self) -> float:
+        return float(self._query("SELECT coalesce(sum(cost), 0) FROM items")[0][0])
+
+    def set_favourite(self, item_id: int, favourite: bool) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE items SET favourite = ? WHERE id = ?", (int(favourite), item_id))
+
+    def trash(self, item_ids: Sequence[int]) -> list[int]:
+        """Move items' files to the trash folder; returns the ids moved (for undo)."""
+        moved: list[int] = []
+        now = self._clock()
+        for item in self.items_by_id(item_ids).values():
+            if item.deleted_at is not None:
+                continue
+            dest = self.paths.trash / item.path.relative_to(self.root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if item.path.exists():
+                os.replace(item.path, dest)
+            with self._write() as conn:
+                conn.execute("UPDATE items SET deleted_at = ? WHERE id = ?", (now, item.id))
+            moved.append(item.id)
+        return moved
+
+    def restore(self, item_ids: Sequence[int]) -> list[int]:
+        """Undo ``trash``: move the files back and show the items again."""
+        restored: list[int] = []
+        for item in self.items_by_id(item_ids).values():
+            if item.deleted_at is None:
+                continue
+            src = self.paths.trash / item.path.relative_to(self.root)
+            if src.exists():
+                item.path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, item.path)
+            with self._write() as conn:
+                conn.execute("UPDATE items SET deleted_at = NULL WHERE id = ?", (item.id,))
+            restored.append(item.id)
+        return restored
+
+    def empty_trash(self) -> int:
+        """Delete trashed items for good; returns how many."""
+        trashed = self.items(trash=True)
+        for item in trashed:
+            (self.paths.trash / item.path.relative_to(self.root)).unlink(missing_ok=True)
+        with self._write() as conn:
+            conn.executemany("DELETE FROM items WHERE id = ?", [(i.id,) for i in trashed])
+        return len(trashed)
+
+    def _item(self, row: sqlite3.Row) -> Item:
+        return Item(
+            id=row["id"], job_id=row["job_id"], idx=row["idx"], path=self.root / row["path"],
+            sha256=row["sha256"], size=row["size"], width=row["width"], height=row["height"],
+            format=row["format"], prompt=row["prompt"], provider=row["provider"],
+            demo=bool(row["demo"]), model=row["model"], params=json.loads(row["params"]),
+            refs=tuple(RefRecord.from_dict(r) for r in json.loads(row["refs"])),
+            cost=row["cost"], remote_id=row["remote_id"], parent_item=row["parent_item"],
+            created_at=row["created_at"], completed_at=row["completed_at"],
+            favourite=bool(row["favourite"]), deleted_at=row["deleted_at"],
+        )
+
+    # ------------------------------------------------------------------ checks
+
+    def verify(self) -> list[str]:
+        """Problems found: integrity, missing files, hash mismatches, stray files."""
+        problems: list[str] = []
+        with self._lock:
+            result = self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+        if result != "ok":
+            problems.append(f"integrity_check: {result}")
+        known: set[str] = set()
+        for row in self._query("SELECT id, path, sha256, deleted_at FROM items"):
+            base = self.paths.trash if row["deleted_at"] is not None else self.root
+            path = base / row["path"]
+            known.add(row["path"])
+            if not path.exists():
+                problems.append(f"item {row['id']}: file missing: {path}")
+            elif sha256_file(path) != row["sha256"]:
+                problems.append(f"item {row['id']}: SHA-256 mismatch: {path}")
+        for path in self.paths.images.rglob("*"):
+            if path.is_file() and path.relative_to(self.root).as_posix() not in known:
+                problems.append(f"stray file not in the library: {path}")
+        return problems
+
+    def tmp_files(self) -> list[Path]:
+        return [p for p in self.paths.tmp.iterdir() if p.is_file()]
+
+
+def fts_query(text: str) -> str:
+    """Turn user text into a safe FTS5 query: every word must match (prefix match)."""
+    words = [w for w in "".join(c if c.isalnum() else " " for c in text).split() if w]
+    return " ".join(f'"{w}"*' for w in words) if words else '""'
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, JobState):
+        return value.value
+    if isinstance(value, tuple | list):
+        return json.dumps(list(value))
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a schema script into statements (triggers contain inner semicolons)."""
+    statements: list[str] = []
+    buf: list[str] = []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        joined = "\n".join(buf).strip()
+        if joined.endswith(";") and (not joined.upper().startswith("CREATE TRIGGER")
+                                     or joined.upper().endswith("END;")):
+            statements.append(joined)
+            buf = []
+    if "".join(buf).strip():
+        statements.append("\n".join(buf))
+    return statements
+

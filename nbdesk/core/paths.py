@@ -1,0 +1,104 @@
+"""Where nbdesk keeps its files.
+
+One frozen value, resolved once at start-up and passed to whoever needs a path:
+
+* ``NBDESK_HOME`` set (and not empty): everything lives under it — the library, the
+  settings file (``settings.json``) and the logs (``logs/``). Tests and portable installs
+  use this.
+* otherwise the platform's conventions (platformdirs): the library in the user data
+  folder, the settings file in the user config folder, the logs in the user log folder.
+  The ``library_dir`` setting, when given, moves only the library (database, images,
+  references, thumbnails, trash, tmp); the settings file and the logs stay put.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "nbdesk"
+ENV_HOME = "NBDESK_HOME"
+SETTINGS_NAME = "settings.json"
+DB_NAME = "library.sqlite3"
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+    db: Path
+    images: Path
+    refs: Path
+    thumbnails: Path
+    trash: Path
+    tmp: Path
+    settings_file: Path
+    log_dir: Path
+
+    @classmethod
+    def for_root(cls, root: Path, *, settings_file: Path, log_dir: Path) -> Paths:
+        """The layout of a library rooted at ``root``."""
+        return cls(
+            root=root,
+            db=root / DB_NAME,
+            images=root / "images",
+            refs=root / "refs",
+            thumbnails=root / "thumbnails",
+            trash=root / "trash",
+            tmp=root / "tmp",
+            settings_file=settings_file,
+            log_dir=log_dir,
+        )
+
+    @classmethod
+    def resolve(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        library_dir: Path | None = None,
+    ) -> Paths:
+        """Work out every path from the environment (``os.environ`` by default).
+
+        ``library_dir`` (the setting of that name) replaces the data root unless
+        ``NBDESK_HOME`` is set, which always wins. A leading ``~`` is expanded in both and
+        relative paths are made absolute against the current directory.
+        """
+        environ = os.environ if env is None else env
+        home = environ.get(ENV_HOME, "").strip()
+        if home:
+            base = _absolute(Path(home))
+            return cls.for_root(base, settings_file=base / SETTINGS_NAME, log_dir=base / "logs")
+        # appauthor=False: no "<author>\" level on Windows; the same folders elsewhere.
+        root = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+        if library_dir is not None:
+            root = library_dir
+        return cls.for_root(
+            _absolute(root),
+            settings_file=Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+            / SETTINGS_NAME,
+            log_dir=Path(platformdirs.user_log_dir(APP_NAME, appauthor=False)),
+        )
+
+    @property
+    def library_dirs(self) -> tuple[Path, ...]:
+        """The folders of the library itself, root first."""
+        return (self.root, self.images, self.refs, self.thumbnails, self.trash, self.tmp)
+
+    def ensure(self) -> None:
+        """Create every folder that is missing.
+
+        The library root is created private (0o700): it holds the user's prompts and
+        images. An existing folder's mode is left alone (the user may have chosen a shared
+        folder on purpose).
+        """
+        for folder in self.library_dirs:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.settings_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def _absolute(path: Path) -> Path:
+    return path.expanduser().absolute()

@@ -1,0 +1,95 @@
+"""Opens the pieces every front end needs: paths, settings, keys, library, engine.
+
+The CLI and the window are both thin layers over one ``Runtime``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbdesk.api.http import make_client
+from nbdesk.core.connector import Connector
+from nbdesk.core.engine import Engine, EngineConfig
+from nbdesk.core.library import Library
+from nbdesk.core.paths import Paths
+from nbdesk.core.secrets import RedactingFilter, SecretStore
+from nbdesk.core.settings import Settings, load_settings
+from nbdesk.sim import SimConfig
+
+
+@dataclass
+class Runtime:
+    paths: Paths
+    settings: Settings
+    secrets: SecretStore
+    library: Library
+
+    @classmethod
+    def open(cls, env: Mapping[str, str] | None = None) -> Runtime:
+        """Raises LibraryError (user-facing) when the library cannot be opened."""
+        env = os.environ if env is None else env
+        paths = Paths.resolve(env)
+        settings = load_settings(paths.settings_file)
+        if settings.library_dir and "NBDESK_HOME" not in env:
+            paths = Paths.resolve(env, library_dir=_expand(settings.library_dir))
+        return cls(paths, settings, SecretStore(environ=env), Library(paths))
+
+    def engine_config(self, *, take_over: bool = True) -> EngineConfig:
+        s = self.settings
+        return EngineConfig(
+            concurrency=s.concurrency, poll_interval=s.poll_interval,
+            job_timeout=s.job_timeout, take_over=take_over,
+        )
+
+    @contextlib.asynccontextmanager
+    async def engine(
+        self, *, take_over: bool = True, resume: bool = True,
+        demo_config: SimConfig | None = None,
+    ) -> AsyncIterator[Engine]:
+        """An engine with its own HTTP client; everything is closed on exit."""
+        http = make_client()
+        connector = Connector(http, self.secrets, self.settings, demo_config=demo_config)
+        engine = Engine(self.library, connector, self.engine_config(take_over=take_over))
+        try:
+            await engine.start(resume=resume)
+            yield engine
+        finally:
+            try:
+                await engine.stop()
+            finally:
+                await connector.close()
+                await http.aclose()
+
+    def close(self) -> None:
+        self.library.close()
+
+
+def _expand(path: str) -> Path:
+    return Path(path).expanduser()
+
+
+def setup_logging(paths: Paths, *, verbose: bool = False) -> None:
+    """Log to a rotating file under the log folder; keys are redacted from every record."""
+    root = logging.getLogger()
+    if any(getattr(h, "_nbdesk", False) for h in root.handlers):
+        return
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        paths.log_dir.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            paths.log_dir / "nbdesk.log", maxBytes=2_000_000, backupCount=3, encoding="utf-8"
+        )
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    handler._nbdesk = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

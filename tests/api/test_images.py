@@ -1,0 +1,396 @@
+from __future__ import annotations
+
+import base64
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nbdesk.api.base import InputError, Reference
+from nbdesk.api.images import (
+    MAX_PIXELS,
+    ImageCheckError,
+    ImageInfo,
+    prepare_reference,
+    probe_bytes,
+    probe_file,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def encode(im: Image.Image, fmt: str, **params: object) -> bytes:
+    out = io.BytesIO()
+    im.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def png(width: int = 64, height: int = 48, mode: str = "RGB") -> bytes:
+    color: object = (200, 30, 30, 128) if mode == "RGBA" else (200, 30, 30)
+    return encode(Image.new(mode, (width, height), color), "PNG")  # type: ignore[arg-type]
+
+
+def noisy_jpeg(width: int, height: int, **params: object) -> bytes:
+    # Noise so the encoder cannot make the file trivially small.
+    im = Image.effect_noise((width, height), 64).convert("RGB")
+    return encode(im, "JPEG", quality=85, **params)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+
+
+def bilevel_png(width: int, height: int) -> bytes:
+    """A valid, all-black 1-bit PNG of any size, built without holding it in memory:
+    the rows compress to almost nothing (this is how decompression bombs are made)."""
+    row = b"\x00" + bytes((width + 7) // 8)  # filter byte + packed pixels
+    z = zlib.compressobj(9)
+    parts = [z.compress(row) for _ in range(height)]
+    idat = b"".join(parts) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
+
+
+def decode_uri(ref: Reference) -> tuple[str, bytes]:
+    assert ref.url.startswith("data:")
+    header, _, payload = ref.url.partition(",")
+    assert header.endswith(";base64")
+    return header[len("data:") : -len(";base64")], base64.b64decode(payload, validate=True)
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+# --------------------------------------------------------------------------- probe
+
+
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("PNG", ("png", "png", "image/png")),
+        ("JPEG", ("jpeg", "jpg", "image/jpeg")),
+        ("WEBP", ("webp", "webp", "image/webp")),
+        ("GIF", ("gif", "gif", "image/gif")),
+        ("BMP", ("bmp", "bmp", "image/bmp")),
+    ],
+)
+def test_probe_identifies_formats(fmt: str, expected: tuple[str, str, str]) -> None:
+    data = encode(Image.new("RGB", (30, 20), (1, 2, 3)), fmt)
+    assert probe_bytes(data) == ImageInfo(*expected, width=30, height=20)
+
+
+def test_probe_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.png", png(5, 7))
+    assert probe_file(path) == ImageInfo("png", "png", "image/png", 5, 7)
+    with pytest.raises(OSError):
+        probe_file(tmp_path / "missing.png")
+
+
+def test_probe_empty() -> None:
+    with pytest.raises(ImageCheckError, match=r"^the file is empty$"):
+        probe_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"hello, world", b"<html><body>502 Bad Gateway</body></html>", b"\x89PNG\r\n", b"%PDF-1.7"],
+)
+def test_probe_not_an_image(data: bytes) -> None:
+    with pytest.raises(ImageCheckError, match=r"^not an image"):
+        probe_bytes(data)
+
+
+def test_probe_unsupported_format_is_not_an_image() -> None:
+    data = encode(Image.new("RGB", (8, 8)), "PPM")  # Pillow reads it; we do not take it
+    with pytest.raises(ImageCheckError, match="not an image"):
+        probe_bytes(data)
+
+
+def test_probe_truncated_png() -> None:
+    data = png(300, 200)
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_bytes(data[: len(data) // 2])
+
+
+def test_probe_truncated_jpeg() -> None:
+    data = noisy_jpeg(400, 300)
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_bytes(data[: len(data) // 2])
+
+
+def test_probe_png_with_bad_checksum() -> None:
+    data = bytearray(png(40, 40))
+    idat = data.index(b"IDAT")
+    data[idat + 6] ^= 0xFF  # flip a byte inside the compressed data
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_bytes(bytes(data))
+
+
+def test_probe_too_many_pixels_reports_the_size() -> None:
+    data = bilevel_png(10_000, 10_000)  # 100 megapixels in ~12 kB
+    assert len(data) < 200_000
+    with pytest.raises(
+        ImageCheckError,
+        match=r"^the image is too large: 10000×10000 pixels \(limit 50 megapixels\)$",
+    ):
+        probe_bytes(data, max_pixels=50_000_000)
+
+
+def test_probe_decompression_bomb() -> None:
+    data = bilevel_png(20_000, 20_000)  # 400 megapixels
+    with pytest.raises(ImageCheckError, match="too large") as info:
+        probe_bytes(data)
+    assert f"limit {MAX_PIXELS // 1_000_000} megapixels" in str(info.value)
+
+
+def test_probe_bomb_between_pillow_warning_and_error() -> None:
+    # 150 megapixels: above our cap, where Pillow only warns.
+    with pytest.raises(ImageCheckError, match="too large"):
+        probe_bytes(bilevel_png(15_000, 10_000))
+
+
+def test_image_check_error_is_a_value_error() -> None:
+    assert issubclass(ImageCheckError, ValueError)
+
+
+# --------------------------------------------------------------------------- references: URLs
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.com/cat.png", "http://example.com/a?b=c", "HTTPS://EXAMPLE.COM/x"]
+)
+def test_http_urls_pass_through(url: str) -> None:
+    assert prepare_reference(url) == (Reference(url), None, None)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "ftp://example.com/cat.png",
+        "FILE:///tmp/x.png",
+    ],
+)
+def test_other_schemes_are_refused(source: str) -> None:
+    with pytest.raises(InputError, match="only http\\(s\\) URLs or local image files"):
+        prepare_reference(source)
+
+
+@pytest.mark.parametrize("url", ["https://", "http:///path", "https://exa mple.com/x.png"])
+def test_malformed_http_urls(url: str) -> None:
+    with pytest.raises(InputError, match="reference image"):
+        prepare_reference(url)
+
+
+def test_blank_source() -> None:
+    with pytest.raises(InputError, match="no file or URL"):
+        prepare_reference("  ")
+
+
+# --------------------------------------------------------------------------- references: refusals
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.png"
+    with pytest.raises(InputError, match="no such file") as info:
+        prepare_reference(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_drive_letter_is_a_path_not_a_scheme() -> None:
+    with pytest.raises(InputError, match="no such file"):
+        prepare_reference("C:\\pictures\\nbdesk-test-cat.png")
+
+
+def test_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="is a folder") as info:
+        prepare_reference(str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        prepare_reference(str(fifo))
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "secret.png", png())
+    path.chmod(0o000)
+    try:
+        try:
+            path.read_bytes()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip("this user can read a mode-000 file (running as root)")
+        with pytest.raises(InputError, match="cannot read it \\(Permission denied\\)") as info:
+            prepare_reference(str(path))
+        assert str(path) in str(info.value)
+    finally:
+        path.chmod(0o600)
+
+
+def test_unreadable_file_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same refusal where mode 000 does not stop us (root): the OS says no on open().
+    path = write(tmp_path, "locked.png", png())
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> object:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(InputError, match="cannot read it \\(Permission denied\\)") as info:
+        prepare_reference(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "empty.png", b"")
+    with pytest.raises(InputError, match="empty") as info:
+        prepare_reference(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = write(tmp_path, "notes.png", b"these are my notes, not a picture\n")
+    with pytest.raises(InputError, match="not an image") as info:
+        prepare_reference(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_truncated_png(tmp_path: Path) -> None:
+    data = png(500, 400)
+    path = write(tmp_path, "cut.png", data[: len(data) - 40])
+    with pytest.raises(InputError, match="truncated or damaged") as info:
+        prepare_reference(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_file_over_the_byte_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, "big.jpg", noisy_jpeg(300, 300))
+    with pytest.raises(InputError, match="too big"):
+        prepare_reference(str(path), max_bytes=1024)
+
+
+def test_hundred_megapixel_image(tmp_path: Path) -> None:
+    path = write(tmp_path, "huge.png", bilevel_png(10_000, 10_000))
+    with pytest.raises(
+        InputError, match=r"too large: 10000×10000 pixels \(limit 50 megapixels\)"
+    ) as info:
+        prepare_reference(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_decompression_bomb(tmp_path: Path) -> None:
+    path = write(tmp_path, "bomb.png", bilevel_png(20_000, 20_000))
+    assert path.stat().st_size < 200_000
+    with pytest.raises(InputError, match="too large"):
+        prepare_reference(str(path))
+
+
+# --------------------------------------------------------------------------- references: accepted
+
+
+def test_small_png_is_sent_byte_identical(tmp_path: Path) -> None:
+    data = png(64, 48)
+    path = write(tmp_path, "small.png", data)
+    ref, original, info = prepare_reference(str(path))
+    mime, sent = decode_uri(ref)
+    assert mime == "image/png"
+    assert sent == data
+    assert original == data
+    assert info == ImageInfo("png", "png", "image/png", 64, 48)
+
+
+def test_small_webp_and_jpeg_are_kept(tmp_path: Path) -> None:
+    for name, fmt, mime in (("a.webp", "WEBP", "image/webp"), ("a.jpg", "JPEG", "image/jpeg")):
+        data = encode(Image.new("RGB", (100, 80), (9, 9, 9)), fmt)
+        ref, original, _ = prepare_reference(str(write(tmp_path, name, data)))
+        assert decode_uri(ref) == (mime, data)
+        assert original == data
+
+
+def test_large_jpeg_is_downscaled_to_2048(tmp_path: Path) -> None:
+    data = noisy_jpeg(3000, 2250)
+    path = write(tmp_path, "large.jpg", data)
+    ref, original, info = prepare_reference(str(path))
+    assert original == data  # the library keeps the original
+    assert info == ImageInfo("jpeg", "jpg", "image/jpeg", 3000, 2250)
+    mime, sent = decode_uri(ref)
+    assert mime == "image/jpeg"
+    with Image.open(io.BytesIO(sent)) as im:
+        assert im.format == "JPEG"
+        assert im.size == (2048, 1536)
+
+
+def test_max_side_parameter(tmp_path: Path) -> None:
+    path = write(tmp_path, "tall.png", png(300, 900))
+    ref, _, info = prepare_reference(str(path), max_side=512)
+    assert info is not None and (info.width, info.height) == (300, 900)
+    mime, sent = decode_uri(ref)
+    assert mime == "image/jpeg"  # no transparency: JPEG
+    with Image.open(io.BytesIO(sent)) as im:
+        assert im.size == (171, 512)
+
+
+def test_large_png_with_alpha_stays_png(tmp_path: Path) -> None:
+    path = write(tmp_path, "alpha.png", png(3000, 1000, mode="RGBA"))
+    ref, _, _ = prepare_reference(str(path))
+    mime, sent = decode_uri(ref)
+    assert mime == "image/png"
+    with Image.open(io.BytesIO(sent)) as im:
+        assert im.size == (2048, 683)
+        assert im.mode == "RGBA"
+        r, g, b, a = im.getpixel((10, 10))  # type: ignore[misc]
+        assert a == 128
+        assert max(abs(r - 200), abs(g - 30), abs(b - 30)) <= 2  # resampling rounding
+
+
+def test_other_formats_are_reencoded(tmp_path: Path) -> None:
+    data = encode(Image.new("RGB", (50, 40), (0, 128, 255)), "BMP")
+    ref, original, info = prepare_reference(str(write(tmp_path, "a.bmp", data)))
+    assert original == data
+    assert info is not None and info.format == "bmp"
+    mime, sent = decode_uri(ref)
+    assert mime == "image/jpeg"
+    with Image.open(io.BytesIO(sent)) as im:
+        assert im.size == (50, 40)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    im = Image.new("RGB", (120, 60), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    data = encode(im, "JPEG", exif=exif.tobytes())
+    ref, original, info = prepare_reference(str(write(tmp_path, "phone.jpg", data)))
+    assert original == data
+    assert info is not None and (info.width, info.height) == (120, 60)  # as stored
+    _, sent = decode_uri(ref)
+    with Image.open(io.BytesIO(sent)) as out:
+        assert out.size == (60, 120)  # as displayed
+
+
+def test_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = png(10, 10)
+    write(tmp_path, "home.png", data)
+    _, original, _ = prepare_reference("~/home.png")
+    assert original == data
