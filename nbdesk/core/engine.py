@@ -228,7 +228,9 @@ class Engine:
         self.check(spec)
         await self.connector.provider(spec.provider, spec.demo)  # a key, a valid base URL
         refs = await asyncio.to_thread(self._import_refs, spec.refs)
-        jobs = await self.db(self.library.add_jobs, spec, refs, count)
+        jobs = await self.db(
+            self.library.add_jobs, spec, refs, count, self.owner, self.config.lease_ttl
+        )
         for job in jobs:
             self._emit(job)
             self._spawn(job.id)
@@ -522,11 +524,13 @@ class Engine:
                     job, result = await self._poll_once(job, provider, deadline)
                 except ApiError as exc:
                     return await self._fail(job, exc.message, "download")
-            if result.state is not RemoteState.COMPLETED:
+            if result.state is RemoteState.FAILED:
                 return await self._fail(
-                    job, f"the provider no longer reports the job as completed "
-                    f"({result.raw_status or result.state.value})", "download",
+                    job, result.error or "the provider reports the job as failed",
+                    "provider_failed",
                 )
+            if result.state is not RemoteState.COMPLETED:
+                return await self._update(job, state=JobState.RUNNING, progress=result.progress)
             urls = result.urls
             job = await self._update(job, result_urls=urls, cost=result.cost or job.cost)
         stored: list[StoredImage] = []

@@ -298,19 +298,28 @@ class Library:
 
     # ------------------------------------------------------------------ jobs
 
-    def add_jobs(self, spec: JobSpec, refs: Sequence[RefRecord], count: int) -> list[Job]:
-        """Write ``count`` queued jobs for ``spec``; each gets a fresh client UUID."""
+    def add_jobs(
+        self, spec: JobSpec, refs: Sequence[RefRecord], count: int,
+        owner: str | None = None, ttl: float = 30.0,
+    ) -> list[Job]:
+        """Write ``count`` queued jobs for ``spec``; each gets a fresh client UUID.
+
+        With ``owner`` the jobs are leased to it from the start, so no other process
+        can take them up between their insertion and their first step.
+        """
         now = self._clock()
+        expires = now + ttl if owner is not None else None
         ids = [str(uuid.uuid4()) for _ in range(count)]
         params = json.dumps(spec.params.to_dict())
         refs_json = json.dumps([r.__dict__ for r in refs])
         with self._write() as conn:
             conn.executemany(
                 "INSERT INTO jobs (id, idem_key, created_at, updated_at, provider, demo, model,"
-                " prompt, params, refs, parent_item, state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " prompt, params, refs, parent_item, state, lease_owner, lease_expires)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (i, i, now, now, spec.provider, int(spec.demo), spec.model, spec.prompt,
-                     params, refs_json, spec.parent_item, JobState.QUEUED.value)
+                     params, refs_json, spec.parent_item, JobState.QUEUED.value, owner, expires)
                     for i in ids
                 ],
             )

@@ -1,0 +1,442 @@
+"""The job engine against the loopback simulator: states, crash recovery, leases, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from nbdesk.api.base import InputError
+from nbdesk.core.connector import ConfigError
+from nbdesk.core.engine import Engine
+from nbdesk.core.jobs import JobParams, JobSpec, JobState
+from nbdesk.core.library import sha256_file
+from nbdesk.sim import Faults
+from tests.helpers import EngineEnv, close_engine
+
+pytestmark = pytest.mark.anyio
+
+FRAME = JobSpec(provider="apiframe", model="nano-banana", prompt="a red bicycle")
+FREE = JobSpec(provider="apifree", model="google/nano-banana-pro", prompt="a blue boat",
+               params=JobParams(aspect_ratio="16:9", resolution="1K"))
+
+
+def write_png(path: Path, size: tuple[int, int] = (80, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(buf, "PNG")
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("spec", [FRAME, FREE], ids=["apiframe", "apifree"])
+async def test_jobs_walk_every_state_into_the_library(engine_env: EngineEnv,
+                                                      spec: JobSpec) -> None:
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        jobs = await engine.enqueue(spec, count=2)
+        done = await engine.wait([j.id for j in jobs])
+    finally:
+        await close_engine(engine)
+    for job in done:
+        assert job.state is JobState.COMPLETED, job.error
+        assert job.remote_id and job.cost and job.idem_key == job.id
+        assert engine_env.states(job.id) == [
+            "queued", "submitting", "submitted", "running", "downloading", "completed"]
+        (item,) = engine_env.library.items_for_job(job.id)
+        assert item.path.is_file() and sha256_file(item.path) == item.sha256
+        assert item.size == item.path.stat().st_size
+        with Image.open(item.path) as im:
+            assert im.size == (item.width, item.height)
+        assert item.prompt == spec.prompt and item.remote_id == job.remote_id
+        assert item.params["aspect_ratio"] == spec.params.aspect_ratio
+    assert engine_env.sim.stats.submits[spec.provider] == 2
+    hits = engine_env.library.items(text=spec.prompt.split()[-1])
+    assert {i.job_id for i in hits} == {j.id for j in done}
+    assert engine_env.library.verify() == []
+    assert engine_env.library.tmp_files() == []
+
+
+async def test_files_are_stored_exactly_as_delivered(engine_env: EngineEnv) -> None:
+    """The library keeps the provider's bytes (never re-encoded)."""
+    import httpx
+
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(JobSpec(
+            provider="apiframe", model="nano-banana-pro", prompt="webp please",
+            params=JobParams(output_format="webp", resolution="2K")))
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    (item,) = engine_env.library.items_for_job(job.id)
+    assert item.format == "webp" and item.path.suffix == ".webp"
+    async with httpx.AsyncClient() as client:
+        original = (await client.get(job.result_urls[0])).content
+    assert item.path.read_bytes() == original
+    assert max(item.width, item.height) == 2048
+
+
+async def test_local_reference_is_copied_and_sent(engine_env: EngineEnv, tmp_path: Path) -> None:
+    ref = tmp_path / "ref.png"
+    data = write_png(ref)
+    spec = JobSpec(provider="apiframe", model="nano-banana", prompt="like this",
+                   refs=(str(ref), "https://example.com/b.jpg"))
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(spec)
+        ref.unlink()  # the library's copy is what gets sent
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED, job.error
+    digest = hashlib.sha256(data).hexdigest()
+    file_ref, url_ref = job.refs
+    assert file_ref.kind == "file" and file_ref.sha256 == digest
+    assert (engine_env.library.root / str(file_ref.path)).read_bytes() == data
+    assert url_ref.kind == "url" and url_ref.source == "https://example.com/b.jpg"
+    record = engine_env.sim.stats.jobs[-1]
+    assert record.n_refs == 2 and record.ref_sha256s[0] == digest
+    (item,) = engine_env.library.items_for_job(job.id)
+    assert item.refs == job.refs
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (JobSpec("apiframe", "nano-banana", "   "), "empty"),
+        (JobSpec("apiframe", "nano-banana", "x" * 2001), "at most 2000"),
+        (JobSpec("apiframe", "nano-banana", "x", JobParams(aspect_ratio="21:9")), "21:9"),
+        (JobSpec("apifree", "google/nano-banana-pro", "x", JobParams(output_format="png")),
+         "format"),
+        (JobSpec("apiframe", "nano-banana", "x", refs=("https://e.com/a.png",) * 4),
+         "at most 3"),
+        (JobSpec("apiframe", "nano-banana", "x", refs=("file:///etc/passwd",)), "http"),
+        (JobSpec("apiframe", "nano-banana", "x", refs=("/nonexistent/x.png",)), "x.png"),
+        (JobSpec("nope", "m", "x"), "unknown provider"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_is_written_or_sent(
+    engine_env: EngineEnv, spec: JobSpec, message: str
+) -> None:
+    engine = engine_env.engine()
+    try:
+        with pytest.raises(InputError, match=message):
+            await engine.enqueue(spec)
+    finally:
+        await close_engine(engine)
+    assert engine_env.library.jobs() == []
+    assert engine_env.sim.stats.requests == 0
+
+
+async def test_missing_key_is_a_config_error_and_nothing_is_written(
+    engine_env: EngineEnv, secret_service: object
+) -> None:
+    del engine_env.env["NBDESK_APIFREE_API_KEY"]  # and the (private) keychain is empty
+    engine = engine_env.engine()
+    try:
+        with pytest.raises(ConfigError, match="no API key for APIFree"):
+            await engine.enqueue(FREE)
+    finally:
+        await close_engine(engine)
+    assert engine_env.library.jobs() == []
+
+
+async def test_wrong_key_fails_the_job_with_an_auth_error(engine_env: EngineEnv) -> None:
+    engine_env.sim.config.keys = {"apiframe": {"another"}}
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(FRAME)
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.FAILED and job.error_kind == "auth"
+    assert job.error and "frame-test-key-123" not in job.error
+
+
+async def test_provider_failure_reason_is_kept(engine_env: EngineEnv) -> None:
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(JobSpec("apiframe", "nano-banana", "bad #fail"))
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.FAILED and job.error_kind == "provider_failed"
+    assert job.error and "content policy" in job.error
+
+
+async def test_unknown_status_keeps_polling_until_the_job_timeout(engine_env: EngineEnv) -> None:
+    engine = engine_env.engine(job_timeout=0.5)
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(JobSpec("apiframe", "nano-banana", "odd #weird"))
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.FAILED and job.error_kind == "timeout"
+    assert "running" in engine_env.states(job.id)
+    assert engine_env.sim.stats.polls["apiframe"] >= 3
+
+
+# ------------------------------------------------------------------ crash recovery
+
+
+async def _stage(engine_env: EngineEnv, spec: JobSpec, **fields: object) -> str:
+    """Put a job in the database as a killed process would have left it."""
+    (job,) = engine_env.library.add_jobs(spec, [], 1)
+    owner = "deadhost:1:dead"  # another host: only its expired lease frees it
+    engine_env.library.claim(job.id, owner, ttl=30)
+    engine_env.library.update_job(job.id, owner, lease_expires=time.time() - 1, **fields)
+    return job.id
+
+
+async def test_resume_resends_a_submitting_apiframe_job_with_the_same_key(
+    engine_env: EngineEnv,
+) -> None:
+    # The first process's submit reached the provider, then it died before the answer.
+    job_id = await _stage(engine_env, FRAME, state=JobState.SUBMITTING)
+    engine = engine_env.engine()
+    try:
+        first = await engine.connector.provider("apiframe")
+        from nbdesk.api.base import GenerationRequest
+        await first.submit(GenerationRequest(model="nano-banana", prompt=FRAME.prompt), job_id)
+        resumed = await engine.start()
+        (job,) = await engine.wait(resumed)
+    finally:
+        await close_engine(engine)
+    assert resumed == [job_id] and job.state is JobState.COMPLETED
+    assert engine_env.sim.stats.submits["apiframe"] == 1
+    assert engine_env.sim.stats.replays == 1
+
+
+async def test_resume_interrupts_a_submitting_apifree_job_and_retry_completes_it(
+    engine_env: EngineEnv,
+) -> None:
+    job_id = await _stage(engine_env, FREE, state=JobState.SUBMITTING)
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (job,) = await engine.wait([job_id])
+        assert job.state is JobState.INTERRUPTED and job.error_kind == "unanswered"
+        assert job.error and "Retry" in job.error
+        assert engine_env.sim.stats.requests == 0
+        retried = await engine.retry(job_id)
+        assert retried.idem_key != job.idem_key  # a new submission, knowingly
+        (job,) = await engine.wait([job_id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED
+    assert engine_env.sim.stats.submits["apifree"] == 1
+
+
+@pytest.mark.parametrize("state", [JobState.SUBMITTED, JobState.RUNNING, JobState.DOWNLOADING])
+async def test_resume_polls_a_submitted_job_and_never_resubmits(
+    engine_env: EngineEnv, state: JobState
+) -> None:
+    engine = engine_env.engine()
+    try:
+        provider = await engine.connector.provider("apiframe")
+        from nbdesk.api.base import GenerationRequest
+        remote = await provider.submit(
+            GenerationRequest(model="nano-banana", prompt=FRAME.prompt), "k-" + state.value)
+        job_id = await _stage(engine_env, FRAME, state=state, remote_id=remote.remote_id)
+        # a partial download left by the dead process
+        engine_env.library.tmp_path(job_id, 0).write_bytes(b"partial")
+        resumed = await engine.start()
+        (job,) = await engine.wait(resumed)
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED
+    assert engine_env.sim.stats.submits["apiframe"] == 1
+    assert engine_env.library.tmp_files() == []
+    assert engine_env.library.verify() == []
+
+
+async def test_closing_with_jobs_in_flight_resumes_them_on_the_next_start(
+    engine_env: EngineEnv,
+) -> None:
+    engine_env.sim.config.job_seconds = 0.6
+    first = engine_env.engine()
+    seen_running = asyncio.Event()
+    first.subscribe(lambda j: j.state is JobState.RUNNING and seen_running.set())
+    try:
+        await first.start()
+        jobs = await first.enqueue(FRAME, count=3)
+        await seen_running.wait()
+    finally:
+        await close_engine(first)
+    states = {j.state for j in engine_env.library.jobs()}
+    assert states & {JobState.SUBMITTED, JobState.RUNNING, JobState.QUEUED}
+    assert all(j.lease_owner is None for j in engine_env.library.jobs())
+    second = engine_env.engine()
+    try:
+        resumed = await second.start()
+        done = await second.wait(resumed)
+    finally:
+        await close_engine(second)
+    assert sorted(resumed) == sorted(j.id for j in jobs)
+    assert all(j.state is JobState.COMPLETED for j in done)
+    assert engine_env.sim.stats.submits["apiframe"] == 3
+
+
+# ------------------------------------------------------------------ leases, cancel, pause
+
+
+async def test_a_job_is_worked_by_one_process_at_a_time(engine_env: EngineEnv) -> None:
+    engine_env.sim.config.job_seconds = 0.5
+    a, b = engine_env.engine(), engine_env.engine()
+    try:
+        await a.start()
+        await b.start()
+        jobs = await a.enqueue(FRAME, count=2)
+        ids = [j.id for j in jobs]
+        assert await b.resume_all() == []  # held by a live owner
+        # b asks to cancel one; a notices and stops it.
+        requested = await b.cancel(ids[0])
+        assert requested.cancel_requested
+        done = await a.wait(ids)
+    finally:
+        await close_engine(a)
+        await close_engine(b)
+    assert [j.state for j in done] == [JobState.CANCELLED, JobState.COMPLETED]
+    assert engine_env.sim.stats.submits["apiframe"] == 2
+
+
+async def test_cancel_a_queued_job_sends_nothing(engine_env: EngineEnv) -> None:
+    engine = engine_env.engine()
+    try:
+        engine.pause()
+        await engine.start()
+        (job,) = await engine.enqueue(FRAME)
+        job = await engine.cancel(job.id)
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.CANCELLED and job.note is None
+    assert engine_env.sim.stats.requests == 0
+
+
+async def test_pause_holds_queued_jobs_until_unpaused(engine_env: EngineEnv) -> None:
+    engine = engine_env.engine()
+    try:
+        engine.pause()
+        await engine.start()
+        (job,) = await engine.enqueue(FRAME)
+        await asyncio.sleep(0)  # let the worker reach the pause gate
+        assert engine_env.library.job(job.id).state is JobState.QUEUED
+        assert engine_env.sim.stats.requests == 0
+        engine.unpause()
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED
+
+
+async def test_another_process_job_is_taken_over_when_its_owner_is_gone(
+    engine_env: EngineEnv,
+) -> None:
+    job_id = await _stage(engine_env, FRAME, state=JobState.QUEUED)
+    engine = engine_env.engine()
+    try:
+        taken = asyncio.Event()
+        engine.subscribe(lambda j: j.id == job_id and j.state.finished and taken.set())
+        await engine.start(resume=False)  # the scan loop finds it
+        await taken.wait()
+    finally:
+        await close_engine(engine)
+    assert engine_env.library.job(job_id).state is JobState.COMPLETED
+
+
+# ------------------------------------------------------------------ faults and storage
+
+
+async def test_jobs_complete_through_a_fault_storm(engine_env: EngineEnv) -> None:
+    engine_env.sim.config.faults = Faults(rate=0.3, seed=11, retry_after=0.02,
+                                          slow_seconds=0.05)
+    engine = engine_env.engine(concurrency=6)
+    try:
+        await engine.start()
+        jobs = await engine.enqueue(FRAME, count=6)
+        jobs += await engine.enqueue(FREE, count=6)
+        done = await engine.wait([j.id for j in jobs])
+        for _round in range(5):  # a retry's own submit may meet a fault too
+            interrupted = [j for j in done if j.state is JobState.INTERRUPTED]
+            assert all(j.provider == "apifree" for j in interrupted)
+            for job in interrupted:
+                await engine.retry(job.id)
+            done = await engine.wait([j.id for j in jobs])
+    finally:
+        await close_engine(engine)
+    stats = engine_env.sim.stats
+    assert sum(stats.faults.values()) > 0
+    assert all(j.state is JobState.COMPLETED for j in done), [
+        (j.provider, j.state, j.error) for j in done if j.state is not JobState.COMPLETED]
+    assert stats.submits["apiframe"] == 6
+    unanswered = sum(1 for r in stats.jobs if r.provider == "apifree" and not r.answered)
+    assert stats.submits["apifree"] == 6 + unanswered
+    assert engine_env.library.verify() == []
+
+
+async def test_unwritable_library_fails_clearly_and_retry_downloads_without_paying(
+    engine_env: EngineEnv,
+) -> None:
+    images = engine_env.paths.images
+    images.rmdir()
+    images.write_text("not a folder")  # any write below images/ now fails, even as root
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(FRAME)
+        (job,) = await engine.wait([job.id])
+        assert job.state is JobState.FAILED and job.error_kind == "storage"
+        assert job.error and "cannot write to the library" in job.error
+        images.unlink()
+        images.mkdir()
+        await engine.retry(job.id)
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED
+    assert engine_env.sim.stats.submits["apiframe"] == 1
+    assert engine_env.library.verify() == []
+
+
+async def test_demo_mode_needs_no_key(engine_env: EngineEnv) -> None:
+    engine_env.env.pop("NBDESK_APIFRAME_API_KEY")  # no key, and no keychain is asked
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(JobSpec("apiframe", "nano-banana", "demo!", demo=True))
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED and job.demo
+    assert engine_env.sim.stats.requests == 0  # the in-process demo simulator answered
+
+
+def test_data_uri_of_reference_matches_file(tmp_path: Path) -> None:
+    from nbdesk.api.images import prepare_reference
+
+    ref = tmp_path / "r.png"
+    data = write_png(ref)
+    reference, original, info = prepare_reference(str(ref))
+    assert original == data and info is not None and info.mime == "image/png"
+    assert base64.b64decode(reference.url.split(",", 1)[1]) == data
+
+
+def test_job_ids_are_uuids(engine_env: EngineEnv) -> None:
+    (job,) = engine_env.library.add_jobs(FRAME, [], 1)
+    assert uuid.UUID(job.id).version == 4
+
+
+_ = Engine  # the type used by fixtures

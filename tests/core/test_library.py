@@ -1,0 +1,155 @@
+"""The SQLite library: schema, migrations, refusal to touch what it cannot read, trash."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from nbdesk.core.jobs import JobParams, JobSpec, JobState
+from nbdesk.core.library import (
+    SCHEMA_VERSION,
+    Library,
+    LibraryError,
+    fts_query,
+    make_owner,
+    owner_alive,
+)
+from nbdesk.core.paths import Paths
+
+
+def paths_in(tmp_path: Path) -> Paths:
+    return Paths.resolve({"NBDESK_HOME": str(tmp_path / "home")})
+
+
+def add_item(lib: Library, prompt: str, data: bytes = b"img") -> int:
+    """A completed job with one stored image, through the same calls the engine makes."""
+    owner = make_owner()
+    (job,) = lib.add_jobs(JobSpec("apiframe", "nano-banana", prompt, JobParams("1:1")), [], 1,
+                          owner)
+    job = lib.update_job(job.id, owner, remote_id="r-" + job.id[:4])
+    tmp = lib.tmp_path(job.id, 0)
+    tmp.write_bytes(data)
+    stored = lib.place_image(job, 0, tmp, sha256=hashlib.sha256(data).hexdigest(),
+                             size=len(data), width=4, height=4, fmt="png", ext="png")
+    lib.complete_job(job, owner, [stored], 0.04)
+    return lib.items_for_job(job.id)[0].id
+
+
+def test_new_library_is_wal_at_the_current_schema(tmp_path: Path) -> None:
+    lib = Library(paths_in(tmp_path))
+    conn = sqlite3.connect(lib.paths.db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+    lib.close()
+    Library(paths_in(tmp_path)).close()  # reopening migrates nothing and works
+
+
+def test_newer_library_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    paths = paths_in(tmp_path)
+    Library(paths).close()
+    conn = sqlite3.connect(paths.db)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 5}")
+    conn.close()
+    before = paths.db.read_bytes()
+    with pytest.raises(LibraryError, match="newer nbdesk"):
+        Library(paths)
+    assert paths.db.read_bytes() == before
+
+
+def test_corrupted_library_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    paths = paths_in(tmp_path)
+    paths.root.mkdir(parents=True)
+    paths.db.write_bytes(b"this is not a database at all" * 100)
+    before = paths.db.read_bytes()
+    with pytest.raises(LibraryError, match="cannot be read"):
+        Library(paths)
+    assert paths.db.read_bytes() == before
+
+
+def test_full_text_search_ranks_nothing_it_should_not(tmp_path: Path) -> None:
+    lib = Library(paths_in(tmp_path))
+    a = add_item(lib, "A red bicycle leaning on a wall", b"a")
+    b = add_item(lib, "Café au lait, très chaud", b"b")
+    add_item(lib, "a snowy mountain", b"c")
+    assert [i.id for i in lib.items(text="bicycle")] == [a]
+    assert [i.id for i in lib.items(text="bicy")] == [a]  # prefix
+    assert [i.id for i in lib.items(text="cafe tres")] == [b]  # diacritics folded
+    assert lib.items(text='"; DROP TABLE items; --') == []  # quoting is safe
+    assert len(lib.items(text="")) == 3
+    assert fts_query("  ") == '""'
+    lib.close()
+
+
+def test_trash_and_undo_move_files_and_back(tmp_path: Path) -> None:
+    lib = Library(paths_in(tmp_path))
+    item_id = add_item(lib, "keep me", b"precious")
+    item = lib.item(item_id)
+    assert lib.trash([item_id]) == [item_id]
+    assert not item.path.exists() and lib.items() == []
+    assert [i.id for i in lib.items(trash=True)] == [item_id]
+    assert lib.verify() == []
+    assert lib.restore([item_id]) == [item_id]
+    assert item.path.read_bytes() == b"precious" and [i.id for i in lib.items()] == [item_id]
+    lib.trash([item_id])
+    assert lib.empty_trash() == 1 and lib.items(trash=True) == []
+    lib.close()
+
+
+def test_verify_finds_missing_changed_and_stray_files(tmp_path: Path) -> None:
+    lib = Library(paths_in(tmp_path))
+    first = lib.item(add_item(lib, "one", b"1"))
+    second = lib.item(add_item(lib, "two", b"2"))
+    first.path.unlink()
+    second.path.write_bytes(b"tampered")
+    (lib.paths.images / "stray.png").write_bytes(b"x")
+    problems = "\n".join(lib.verify())
+    assert "file missing" in problems and "SHA-256 mismatch" in problems
+    assert "stray file" in problems
+    lib.close()
+
+
+def test_lease_is_exclusive_until_released_or_expired(tmp_path: Path) -> None:
+    now = [1000.0]
+    lib = Library(paths_in(tmp_path), clock=lambda: now[0])
+    (job,) = lib.add_jobs(JobSpec("apiframe", "nano-banana", "x"), [], 1)
+    other_host = "elsewhere:123:abc"
+    assert lib.claim(job.id, other_host, ttl=30) is not None
+    assert lib.claim(job.id, make_owner(), ttl=30) is None
+    now[0] += 31
+    mine = make_owner()
+    assert lib.claim(job.id, mine, ttl=30) is not None
+    lib.update_job(job.id, mine, state=JobState.SUBMITTING)
+    lib.release(mine)
+    assert lib.job(job.id).lease_owner is None
+    lib.close()
+
+
+def test_dead_owner_on_this_host_frees_its_lease_at_once(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = f"{socket.gethostname()}:{proc.pid}:x"
+    assert not owner_alive(dead)
+    assert owner_alive(make_owner())
+    lib = Library(paths_in(tmp_path))
+    (job,) = lib.add_jobs(JobSpec("apiframe", "nano-banana", "x"), [], 1, dead, ttl=3600)
+    assert lib.claimable(make_owner()) == [job.id]
+    lib.close()
+
+
+def test_a_second_connection_sees_changes_through_data_version(tmp_path: Path) -> None:
+    a = Library(paths_in(tmp_path))
+    b = Library(paths_in(tmp_path))
+    before = a.data_version()
+    b.add_jobs(JobSpec("apiframe", "nano-banana", "x"), [], 1)
+    assert a.data_version() != before
+    assert len(a.jobs()) == 1
+    a.close()
+    b.close()

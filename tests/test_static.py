@@ -1,0 +1,38 @@
+"""Lint, types and the layering contract run as part of `uv run pytest`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"{name} is not installed in the project environment (uv sync)")
+    return found
+
+
+def test_ruff() -> None:
+    result = run(tool("ruff"), "check", "nbdesk", "tests", "main.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_on_api_core_and_sim() -> None:
+    result = run(tool("mypy"), "nbdesk")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_api_and_core_import_no_qt() -> None:
+    result = run(tool("lint-imports"))
+    assert result.returncode == 0, result.stdout + result.stderr
