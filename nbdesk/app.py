@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -39,12 +40,20 @@ def main(argv: Sequence[str] = ()) -> int:
     async def run() -> None:
         async with rt.engine(take_over=True, resume=True) as engine:
             window = MainWindow(rt, engine)
+            window.closed.connect(closed.set)
             window.show()
             await closed.wait()
+        # leaving the block stopped the engine: unfinished jobs resume on the next start
 
     try:
         with loop:
-            loop.run_until_complete(run())
+            task = loop.create_task(run())
+            while not task.done():
+                # Qt may quit (last window closed, session end) before the engine has
+                # stopped; run the loop again until the orderly shutdown has finished.
+                with contextlib.suppress(RuntimeError):
+                    loop.run_until_complete(task)
+            task.result()
     finally:
         rt.close()
     return 0

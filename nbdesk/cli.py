@@ -22,7 +22,7 @@ from nbdesk.core.engine import Engine
 from nbdesk.core.jobs import Job, JobParams, JobSpec, JobState
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime, setup_logging
-from nbdesk.core.secrets import KeychainError, KeychainTimeout, KeychainUnavailable
+from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
 
 log = logging.getLogger("nbdesk.cli")
 
@@ -307,8 +307,11 @@ def _keys(args: argparse.Namespace, rt: Runtime) -> int:
 def _sim(args: argparse.Namespace) -> int:
     from nbdesk.sim import Faults, SimConfig, run_standalone
 
-    config = SimConfig(job_seconds=args.job_seconds,
-                       faults=Faults(rate=args.fault_rate, seed=args.seed))
+    try:
+        config = SimConfig(job_seconds=args.job_seconds,
+                           faults=Faults(rate=args.fault_rate, seed=args.seed))
+    except ValueError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
     try:
         run_standalone(args.port, config)
     except OSError as exc:
@@ -347,21 +350,27 @@ def run(argv: Sequence[str]) -> int:
         rt.close()
 
 
+def _error(message: str) -> None:
+    """The one line on stderr; any known key is masked, whatever produced the text."""
+    line = " ".join(redact(message, RedactingFilter.known()).split())
+    print(f"nbdesk: {line}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         code = run(argv)
     except CliError as exc:
-        print(f"nbdesk: {exc}", file=sys.stderr)
+        _error(str(exc))
         code = exc.code
     except InputError as exc:
-        print(f"nbdesk: {exc}", file=sys.stderr)
+        _error(str(exc))
         code = EXIT_BAD_INPUT
-    except (ConfigError, KeychainError, KeychainUnavailable, KeychainTimeout) as exc:
-        print(f"nbdesk: {exc}", file=sys.stderr)
+    except (ConfigError, KeychainError) as exc:
+        _error(str(exc))
         code = EXIT_CONFIG
     except LibraryError as exc:
-        print(f"nbdesk: {exc}", file=sys.stderr)
+        _error(str(exc))
         code = EXIT_CONFIG
     except KeyboardInterrupt:
         print("nbdesk: interrupted; unfinished jobs continue with `nbdesk resume`",
@@ -369,8 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 130
     except Exception as exc:  # a bug: one line for the user, the traceback in the log
         log.exception("unexpected error")
-        print(f"nbdesk: internal error: {type(exc).__name__}: {exc} (details in the log)",
-              file=sys.stderr)
+        _error(f"internal error: {type(exc).__name__}: {exc} (details in the log)")
         code = 70
     return code
 

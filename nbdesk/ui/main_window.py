@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -28,6 +28,8 @@ from nbdesk.ui.queue_model import JobsModel
 
 
 class MainWindow(QMainWindow):
+    closed = Signal()
+
     def __init__(self, rt: Runtime, engine: Engine) -> None:
         super().__init__()
         self.rt = rt
@@ -92,3 +94,7 @@ class MainWindow(QMainWindow):
             self.message.setText("")
             self.prompt.clear()
             self.prompt.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.closed.emit()
+        super().closeEvent(event)
