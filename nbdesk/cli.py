@@ -19,7 +19,7 @@ from nbdesk.api.base import InputError
 from nbdesk.api.capabilities import DEMO, DEMO_PROVIDER, FORMATS, PROVIDERS, RESOLUTIONS
 from nbdesk.core.connector import ConfigError
 from nbdesk.core.engine import Engine
-from nbdesk.core.jobs import Job, JobParams, JobSpec, JobState
+from nbdesk.core.jobs import RETRYABLE, Job, JobParams, JobSpec, JobState
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime, setup_logging
 from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
@@ -36,8 +36,15 @@ class CliError(Exception):
         self.code = code
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"nbdesk: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="nbdesk",
         description="Desktop studio for Google's Nano Banana image models.",
     )
@@ -223,6 +230,17 @@ async def _wait_submitted(engine: Engine, ids: list[str]) -> list[Job]:
 
 async def _resume(args: argparse.Namespace, rt: Runtime) -> int:
     async with rt.engine(take_over=False, resume=False) as engine:
+        # Every provider the unfinished jobs need must be usable (a key, a valid base URL)
+        # before any job is touched: the engine fails a job whose provider cannot be built,
+        # and a submitted (paid) job failed that way would be paid again by a retry.
+        waiting = await engine.db(rt.library.claimable, engine.owner)
+        needed = {(j.provider, j.demo) for j in (rt.library.job(i) for i in waiting)}
+        for provider, demo in sorted(needed):
+            try:
+                await engine.connector.provider(provider, demo)
+            except ConfigError as exc:
+                _fail(f"{exc} ({len(waiting)} unfinished job(s) left as they are)",
+                      EXIT_CONFIG)
         ids = await engine.resume_all()
         others = [j for j in rt.library.jobs(states=[s for s in JobState if s.active])
                   if j.id not in ids]
@@ -243,20 +261,46 @@ def _find(rt: Runtime, job_id: str) -> Job:
         _fail(f"no job {job_id!r} (see `nbdesk jobs`)", EXIT_BAD_INPUT)
 
 
+def _targets(rt: Runtime, job_ids: Sequence[str]) -> list[Job]:
+    """The named jobs, each once, in the order given (unknown ids: bad input)."""
+    found: dict[str, Job] = {}
+    for job_id in job_ids:
+        job = _find(rt, job_id)
+        found.setdefault(job.id, job)
+    return list(found.values())
+
+
 async def _retry(args: argparse.Namespace, rt: Runtime) -> int:
-    targets = [_find(rt, j) for j in args.job_ids]
+    targets = _targets(rt, args.job_ids)
+    # Check the whole batch before resubmitting any of it: exit 2 promises that nothing
+    # was sent, and a job retried before a later one was refused would otherwise be
+    # left half-started (queued or submitting) when the engine stops.
+    for job in targets:
+        if job.state not in RETRYABLE:
+            _fail(f"job {job.id[:8]} is {job.state.value}; only failed, interrupted or "
+                  "cancelled jobs can be retried (nothing was retried)", EXIT_BAD_INPUT)
     async with rt.engine(take_over=False, resume=False) as engine:
         for job in targets:
             await engine.connector.provider(job.provider, job.demo)
+        started: list[str] = []
+        refused: InputError | None = None
         for job in targets:
-            await engine.retry(job.id)
-        done = await engine.wait([j.id for j in targets])
+            try:
+                await engine.retry(job.id)
+            except InputError as exc:  # lost a race (another process took the job meanwhile)
+                refused = exc
+                break
+            started.append(job.id)
+        # Jobs already resubmitted are seen through, never abandoned half-started.
+        done = await engine.wait(started)
     _print_jobs(done, rt, args.json)
+    if refused is not None:
+        raise refused
     return _exit_code(done)
 
 
 async def _cancel(args: argparse.Namespace, rt: Runtime) -> int:
-    targets = [_find(rt, j) for j in args.job_ids]
+    targets = _targets(rt, args.job_ids)
     async with rt.engine(take_over=False, resume=False) as engine:
         for job in targets:
             job = await engine.cancel(job.id)

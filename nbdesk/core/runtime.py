@@ -29,16 +29,16 @@ class Runtime:
     settings: Settings
     secrets: SecretStore
     library: Library
+    env: Mapping[str, str] | None = None  # None: os.environ, read at use
 
     @classmethod
     def open(cls, env: Mapping[str, str] | None = None) -> Runtime:
         """Raises LibraryError (user-facing) when the library cannot be opened."""
-        env = os.environ if env is None else env
         paths = Paths.resolve(env)
         settings = load_settings(paths.settings_file)
-        if settings.library_dir and "NBDESK_HOME" not in env:
+        if settings.library_dir and "NBDESK_HOME" not in (os.environ if env is None else env):
             paths = Paths.resolve(env, library_dir=_expand(settings.library_dir))
-        return cls(paths, settings, SecretStore(environ=env), Library(paths))
+        return cls(paths, settings, SecretStore(environ=env), Library(paths), env)
 
     def engine_config(self, *, take_over: bool = True) -> EngineConfig:
         s = self.settings
@@ -54,7 +54,9 @@ class Runtime:
     ) -> AsyncIterator[Engine]:
         """An engine with its own HTTP client; everything is closed on exit."""
         http = make_client()
-        connector = Connector(http, self.secrets, self.settings, demo_config=demo_config)
+        connector = Connector(
+            http, self.secrets, self.settings, env=self.env, demo_config=demo_config
+        )
         engine = Engine(self.library, connector, self.engine_config(take_over=take_over))
         try:
             await engine.start(resume=resume)

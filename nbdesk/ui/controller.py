@@ -1,0 +1,196 @@
+"""The window's one link to the core: engine events become Qt signals, user actions
+become engine calls, and library queries run on the database thread, never the GUI's.
+
+Widgets hold a Controller and nothing else from the core; they never touch the network,
+the keychain or SQLite themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from PySide6.QtCore import QObject, Signal
+
+from nbdesk.api.base import ApiError
+from nbdesk.core.connector import ConfigError
+from nbdesk.core.engine import Engine
+from nbdesk.core.jobs import Job, JobSpec, JobState
+from nbdesk.core.library import Item, LibraryError
+from nbdesk.core.runtime import Runtime
+from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: errors a user can act on: shown as they are; anything else is a bug and logged
+EXPECTED = (ApiError, ConfigError, KeychainError, LibraryError, OSError, ValueError)
+
+
+class Controller(QObject):
+    jobChanged = Signal(object)  # Job
+    jobsReset = Signal()  # another process changed the jobs: reload them
+    libraryChanged = Signal()  # items were added, removed or changed
+    itemsAdded = Signal(object)  # list of ids of new items (a job completed here)
+    message = Signal(str, str)  # level ("info" | "warning" | "error"), text
+    pausedChanged = Signal(bool)
+    jobFinished = Signal(object)  # Job reaching completed/failed (for notifications)
+    useAsReference = Signal(str)  # a library file path for the composer's tray
+    editRequested = Signal(object)  # Item: new job with it as reference and a new prompt
+    rerunRequested = Signal(object)  # Item: the same parameters again
+
+    def __init__(self, rt: Runtime, engine: Engine, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.rt = rt
+        self.engine = engine
+        self.library = rt.library
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_trashed: list[int] = []
+        engine.subscribe(self._on_job)
+        engine.on_external_change(self._on_external)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _on_job(self, job: Job) -> None:
+        self.jobChanged.emit(job)
+        if job.state is JobState.COMPLETED:
+            self.jobFinished.emit(job)
+            self.spawn(self._announce_items(job), what="loading the new image")
+        elif job.state is JobState.FAILED:
+            self.jobFinished.emit(job)
+
+    async def _announce_items(self, job: Job) -> None:
+        items = await self.engine.db(self.library.items_for_job, job.id)
+        self.itemsAdded.emit([i.id for i in items])
+        self.libraryChanged.emit()
+
+    def _on_external(self) -> None:
+        self.jobsReset.emit()
+        self.libraryChanged.emit()
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, what: str) -> asyncio.Task[T]:
+        """Run a coroutine from a slot; a failure becomes one message, never a traceback."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[T]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled():
+                return
+            exc = t.exception()
+            if exc is None:
+                return
+            if isinstance(exc, EXPECTED):
+                self.error(str(exc))
+            else:
+                log.error("%s failed", what, exc_info=exc)
+                self.error(f"{what} failed: internal error ({type(exc).__name__}); "
+                           "details are in the log")
+
+        task.add_done_callback(done)
+        return task
+
+    def error(self, text: str) -> None:
+        self.message.emit("error", redact(text, RedactingFilter.known()))
+
+    def info(self, text: str) -> None:
+        self.message.emit("info", text)
+
+    async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self.engine.db(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------ jobs
+
+    async def submit(self, spec: JobSpec, count: int = 1) -> list[Job]:
+        return await self.engine.enqueue(spec, count)
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            self.spawn(self.engine.cancel(job_id), what="cancelling the job")
+
+    def retry(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            self.spawn(self.engine.retry(job_id), what="retrying the job")
+
+    def remove(self, job_ids: Sequence[str]) -> None:
+        async def run() -> None:
+            for job_id in job_ids:
+                await self.engine.remove(job_id)
+            self.jobsReset.emit()
+
+        self.spawn(run(), what="removing jobs")
+
+    def cancel_all(self) -> None:
+        async def run() -> None:
+            jobs = await self.db(self.library.jobs, [s for s in JobState if s.active])
+            for job in jobs:
+                await self.engine.cancel(job.id)
+
+        self.spawn(run(), what="cancelling all jobs")
+
+    def set_paused(self, paused: bool) -> None:
+        if paused:
+            self.engine.pause()
+        else:
+            self.engine.unpause()
+        self.pausedChanged.emit(paused)
+
+    async def jobs(self) -> list[Job]:
+        result: list[Job] = await self.db(self.library.jobs)
+        return result
+
+    # ------------------------------------------------------------------ library
+
+    async def item_ids(self, **filters: Any) -> list[int]:
+        result: list[int] = await self.db(self.library.item_ids, **filters)
+        return result
+
+    async def items_by_id(self, ids: Sequence[int]) -> dict[int, Item]:
+        result: dict[int, Item] = await self.db(self.library.items_by_id, list(ids))
+        return result
+
+    async def item(self, item_id: int) -> Item:
+        result: Item = await self.db(self.library.item, item_id)
+        return result
+
+    def set_favourite(self, item_id: int, favourite: bool) -> None:
+        async def run() -> None:
+            await self.db(self.library.set_favourite, item_id, favourite)
+            self.libraryChanged.emit()
+
+        self.spawn(run(), what="marking the favourite")
+
+    def trash(self, item_ids: Sequence[int]) -> None:
+        """Move to the trash; ``undo_trash`` brings the last batch back."""
+        async def run() -> None:
+            moved: list[int] = await self.db(self.library.trash, list(item_ids))
+            self._last_trashed = moved
+            self.libraryChanged.emit()
+            if moved:
+                self.message.emit(
+                    "undo", f"Moved {len(moved)} image(s) to the trash — Ctrl+Z to undo"
+                )
+
+        self.spawn(run(), what="deleting images")
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._last_trashed)
+
+    def undo_trash(self) -> None:
+        ids, self._last_trashed = self._last_trashed, []
+        if not ids:
+            return
+
+        async def run() -> None:
+            restored: list[int] = await self.db(self.library.restore, ids)
+            self.libraryChanged.emit()
+            self.info(f"Restored {len(restored)} image(s)")
+
+        self.spawn(run(), what="restoring images")
+
+    async def total_cost(self) -> float:
+        result: float = await self.db(self.library.total_cost)
+        return result
