@@ -77,6 +77,7 @@ class EngineConfig:
     max_download_attempts: int = 8
     max_protocol_errors: int = 10
     wait_cap: float = 30.0  # longest pause between tries while a provider is down
+    blocked_retry: float = 60.0  # a paid job whose key is missing is tried again after this
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -102,6 +103,7 @@ class Engine:
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="nbdesk-db")
         self._stopped = False
         self._poll_errors: dict[str, int] = {}
+        self._blocked: dict[str, float] = {}  # job id -> when to try again (no key yet)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -146,6 +148,10 @@ class Engine:
     def unpause(self) -> None:
         self._running.set()
 
+    def unblock(self) -> None:
+        """A key or base URL changed: jobs waiting for one are tried again at once."""
+        self._blocked.clear()
+
     def busy(self) -> list[str]:
         return list(self._tasks)
 
@@ -153,6 +159,7 @@ class Engine:
 
     async def start(self, *, resume: bool = True) -> list[str]:
         """Start background work; with ``resume`` take up every unfinished job."""
+        await self.db(self.library.sweep_tmp)
         resumed = await self.resume_all() if resume else []
         self._bg.append(asyncio.create_task(self._heartbeat_loop(), name="nbdesk-heartbeat"))
         if self.config.take_over:
@@ -161,7 +168,8 @@ class Engine:
 
     async def resume_all(self) -> list[str]:
         ids = await self.db(self.library.claimable, self.owner)
-        started = [i for i in ids if i not in self._tasks]
+        now = time.monotonic()
+        started = [i for i in ids if i not in self._tasks and self._blocked.get(i, 0) <= now]
         for job_id in started:
             self._spawn(job_id)
         return started
@@ -267,6 +275,7 @@ class Engine:
             job = await self.db(self.library.update_job, job_id, None, cancel_requested=True)
             self._emit(job)
             return job
+        await self.db(self.library.clear_tmp, job_id)
         job = await self._mark_cancelled(claimed)
         await self.db(self.library.release, self.owner, job_id)
         return job
@@ -298,7 +307,9 @@ class Engine:
             error=None, error_kind=None, note=None, finished_at=None, cancel_requested=False
         )
         if job.error_kind in REDOWNLOAD_KINDS and job.remote_id:
-            job = await self._update(claimed, state=JobState.DOWNLOADING, **common)
+            # Paid already: download again, with fresh links (the old ones may be dead).
+            job = await self._update(claimed, state=JobState.DOWNLOADING, result_urls=(),
+                                     **common)
         else:
             job = await self._update(
                 claimed, state=JobState.QUEUED, idem_key=str(uuid.uuid4()), remote_id=None,
@@ -338,7 +349,13 @@ class Engine:
                 try:
                     provider = await self.connector.provider(job.provider, job.demo)
                 except ConfigError as exc:
-                    await self._fail(job, str(exc), "config")
+                    if job.state is JobState.QUEUED:
+                        await self._fail(job, str(exc), "config")  # nothing sent or paid
+                    else:
+                        # Sent (maybe paid) already: keep its state; it goes on once the
+                        # key is back, polled, never resubmitted.
+                        await self._update(job, note=f"waiting for a key: {exc}")
+                        self._blocked[job_id] = time.monotonic() + self.config.blocked_retry
                     return
                 while job.state.active:
                     if job.cancel_requested:
@@ -536,7 +553,8 @@ class Engine:
         stored: list[StoredImage] = []
         max_bytes = PROVIDERS[job.provider].max_download_bytes
         for idx, url in enumerate(urls):
-            attempt = 0
+            attempt = 0  # transient network failures
+            unusable = 0  # bodies that arrived whole but do not decode
             while True:
                 tmp = self.library.tmp_path(job.id, idx)
                 try:
@@ -555,16 +573,16 @@ class Engine:
                         return await self._fail(job, f"download failed: {exc.message}", "download")
                     job = await self._wait_out(job, exc, attempt, deadline)
                 except ImageCheckError as exc:
-                    tmp.unlink(missing_ok=True)
-                    attempt += 1
-                    if attempt >= 3:
+                    await asyncio.to_thread(tmp.unlink, missing_ok=True)
+                    unusable += 1
+                    if unusable >= 3:
                         return await self._fail(
                             job, f"the provider's file is not a usable image: {exc}", "download"
                         )
                 except ApiError as exc:
                     return await self._fail(job, exc.message, "download")
                 except OSError as exc:
-                    tmp.unlink(missing_ok=True)
+                    await asyncio.to_thread(tmp.unlink, missing_ok=True)
                     return await self._fail(
                         job, f"cannot write to the library ({exc.strerror or exc}); free some "
                         "space or fix the folder's permissions, then retry (no new payment)",

@@ -687,6 +687,18 @@ class Library:
                 problems.append(f"stray file not in the library: {path}")
         return problems
 
+    def sweep_tmp(self, older_than: float = 600.0) -> int:
+        """Remove reference temp files a crashed import left behind (job temp files
+        belong to their job and go when it is resumed or cancelled)."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for stale in self.paths.tmp.glob("ref-*.part"):
+            with contextlib.suppress(OSError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
+                    removed += 1
+        return removed
+
     def tmp_files(self) -> list[Path]:
         return [p for p in self.paths.tmp.iterdir() if p.is_file()]
 

@@ -1,4 +1,9 @@
-"""A Qt table model over the engine's jobs: engine events become row changes."""
+"""A Qt table model over the engine's jobs: engine events become row changes.
+
+Newest jobs first. Rows are keyed by job id; an event for a known job updates its row,
+an unknown one is inserted at the top. ``set_jobs`` replaces everything (after another
+process changed the database).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,41 @@ import time
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication
 
-from nbdesk.core.jobs import Job
+from nbdesk.core.jobs import Job, JobState
 
 COLUMNS = ("State", "Prompt", "Provider / model", "Elapsed", "Progress", "Cost")
+STATE, PROMPT, PROVIDER, ELAPSED, PROGRESS, COST = range(len(COLUMNS))
+JobRole = Qt.ItemDataRole.UserRole + 1
 Index = QModelIndex | QPersistentModelIndex
+
+_STATE_COLOURS = {
+    JobState.COMPLETED: QColor("#2e9d57"),
+    JobState.FAILED: QColor("#d64541"),
+    JobState.INTERRUPTED: QColor("#d98b1f"),
+    JobState.CANCELLED: None,
+}
+
+
+def state_text(job: Job) -> str:
+    text = job.state.value
+    if job.cancel_requested and job.state.active:
+        return "cancelling"
+    if job.note and job.state.active:
+        return f"{text} · waiting"
+    return text
+
+
+def elapsed_text(job: Job, now: float | None = None) -> str:
+    end = job.finished_at or (time.time() if now is None else now)
+    seconds = max(0, int(end - job.created_at))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 class JobsModel(QAbstractTableModel):
@@ -19,26 +54,52 @@ class JobsModel(QAbstractTableModel):
         self._jobs: list[Job] = []
         self._rows: dict[str, int] = {}
 
+    # -------------------------------------------------------------- updates
+
     def set_jobs(self, jobs: list[Job]) -> None:
         self.beginResetModel()
-        self._jobs = list(jobs)
-        self._rows = {j.id: i for i, j in enumerate(self._jobs)}
+        self._jobs = sorted(jobs, key=lambda j: j.created_at, reverse=True)
+        self._reindex()
         self.endResetModel()
+
+    def _reindex(self) -> None:
+        self._rows = {j.id: i for i, j in enumerate(self._jobs)}
 
     def upsert(self, job: Job) -> None:
         row = self._rows.get(job.id)
         if row is None:
-            row = len(self._jobs)
-            self.beginInsertRows(QModelIndex(), row, row)
-            self._jobs.append(job)
-            self._rows[job.id] = row
+            self.beginInsertRows(QModelIndex(), 0, 0)
+            self._jobs.insert(0, job)
+            self._reindex()
             self.endInsertRows()
-        else:
-            self._jobs[row] = job
-            self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+            return
+        self._jobs[row] = job
+        self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+
+    def remove_ids(self, ids: set[str]) -> None:
+        for row in sorted((self._rows[i] for i in ids if i in self._rows), reverse=True):
+            self.beginRemoveRows(QModelIndex(), row, row)
+            del self._jobs[row]
+            self.endRemoveRows()
+        self._reindex()
+
+    def tick(self) -> None:
+        """Refresh the elapsed time of jobs still running."""
+        for row, job in enumerate(self._jobs):
+            if job.state.active:
+                ix = self.index(row, ELAPSED)
+                self.dataChanged.emit(ix, ix, [Qt.ItemDataRole.DisplayRole])
+
+    # -------------------------------------------------------------- reading
 
     def job(self, row: int) -> Job:
         return self._jobs[row]
+
+    def jobs(self) -> list[Job]:
+        return list(self._jobs)
+
+    def row_of(self, job_id: str) -> int | None:
+        return self._rows.get(job_id)
 
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self._jobs)
@@ -46,30 +107,52 @@ class JobsModel(QAbstractTableModel):
     def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(COLUMNS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = 0) -> Any:
+    def headerData(
+        self, section: int, orientation: Qt.Orientation,
+        role: int = Qt.ItemDataRole.DisplayRole,
+    ) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return COLUMNS[section]
         return None
 
-    def data(self, index: Index, role: int = 0) -> Any:
-        if not index.isValid() or role not in (Qt.ItemDataRole.DisplayRole,
-                                               Qt.ItemDataRole.ToolTipRole):
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
             return None
         job = self._jobs[index.row()]
         col = index.column()
+        if role == JobRole:
+            return job
         if role == Qt.ItemDataRole.ToolTipRole:
-            return job.error or job.note or job.prompt
-        if col == 0:
-            return job.state.value + (" (waiting)" if job.note else "")
-        if col == 1:
-            return " ".join(job.prompt.split())[:120]
-        if col == 2:
-            return f"{job.provider_label} / {job.model}"
-        if col == 3:
-            end = job.finished_at or time.time()
-            return f"{max(0.0, end - job.created_at):.0f} s"
-        if col == 4:
+            lines = [job.prompt]
+            if job.error:
+                lines.append(f"Error: {job.error}")
+            if job.note:
+                lines.append(job.note)
+            if job.remote_id:
+                lines.append(f"Remote id: {job.remote_id}")
+            lines.append(f"Job id: {job.id}")
+            return "\n".join(lines)
+        if role == Qt.ItemDataRole.ForegroundRole and col == STATE:
+            colour = _STATE_COLOURS.get(job.state)
+            if colour is None and job.state is JobState.CANCELLED:
+                return QApplication.palette().color(QPalette.ColorRole.PlaceholderText)
+            return colour
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (ELAPSED, PROGRESS, COST):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role != Qt.ItemDataRole.DisplayRole:
+            return None
+        if col == STATE:
+            return state_text(job)
+        if col == PROMPT:
+            return " ".join(job.prompt.split())[:160]
+        if col == PROVIDER:
+            return f"{job.provider_label} · {job.model}"
+        if col == ELAPSED:
+            return elapsed_text(job)
+        if col == PROGRESS:
+            if job.state is JobState.COMPLETED:
+                return "100%"
             return "" if job.progress is None else f"{job.progress:.0f}%"
-        if col == 5:
-            return "" if job.cost is None else f"{job.cost:.3f}"
+        if col == COST:
+            return "" if job.cost is None else f"${job.cost:.3f}"
         return None

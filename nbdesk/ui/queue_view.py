@@ -1,0 +1,170 @@
+"""The job queue panel: a plain table view over JobsModel plus the queue's actions."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QModelIndex, QPoint, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMenu,
+    QTableView,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from nbdesk.core.jobs import RETRYABLE, Job, JobState
+from nbdesk.ui.controller import Controller
+from nbdesk.ui.queue_model import COLUMNS, PROMPT, STATE, JobsModel
+
+
+class QueueView(QWidget):
+    #: a completed job was double-clicked: show its image
+    jobActivated = Signal(object)
+
+    def __init__(self, controller: Controller, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.model = JobsModel()
+        self.table = QTableView(self)
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        self.table.setWordWrap(False)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(24)
+        header = self.table.horizontalHeader()
+        for col in range(len(COLUMNS)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(PROMPT, QHeaderView.ResizeMode.Stretch)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(self._menu)
+        self.table.doubleClicked.connect(self._activated)
+        self.table.selectionModel().selectionChanged.connect(self._update_actions)
+
+        self.cancel_action = self._action("Cancel", "Cancel the selected jobs", self.cancel,
+                                          QKeySequence("Ctrl+Backspace"))
+        self.retry_action = self._action("Retry", "Run failed or interrupted jobs again "
+                                         "(a new paid submission unless only the download "
+                                         "failed)", self.retry, QKeySequence("Ctrl+R"))
+        self.remove_action = self._action("Remove", "Remove finished jobs from the list "
+                                          "(their images stay in the library)", self.remove,
+                                          QKeySequence("Ctrl+Shift+Backspace"))
+        self.cancel_all_action = self._action("Cancel all", "Cancel every unfinished job",
+                                              controller.cancel_all)
+        self.pause_action = self._action("Pause queue", "Hold queued jobs (jobs already at "
+                                         "the provider carry on)", None)
+        self.pause_action.setCheckable(True)
+        self.pause_action.toggled.connect(controller.set_paused)
+
+        bar = QHBoxLayout()
+        bar.setContentsMargins(0, 0, 0, 0)
+        self.title = QLabel("<b>Queue</b>")
+        bar.addWidget(self.title)
+        bar.addStretch(1)
+        for action in (self.cancel_action, self.retry_action, self.remove_action,
+                       self.cancel_all_action, self.pause_action):
+            button = QToolButton(self)
+            button.setDefaultAction(action)
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+            bar.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(bar)
+        layout.addWidget(self.table, 1)
+
+        controller.jobChanged.connect(self._on_job)
+        controller.jobsReset.connect(self.reload)
+        self._ticker = QTimer(self)
+        self._ticker.setInterval(1000)
+        self._ticker.timeout.connect(self.model.tick)
+        self._ticker.start()
+        self._update_actions()
+
+    def _action(self, text: str, tip: str, slot: object,
+                shortcut: QKeySequence | None = None) -> QAction:
+        action = QAction(text, self)
+        action.setToolTip(tip + (f" ({shortcut.toString()})" if shortcut else ""))
+        action.setStatusTip(tip)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+            action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        if callable(slot):
+            action.triggered.connect(slot)
+        self.addAction(action)
+        return action
+
+    # ------------------------------------------------------------------ data
+
+    def reload(self) -> None:
+        async def run() -> None:
+            self.model.set_jobs(await self.controller.jobs())
+            self._update_actions()
+            self._update_title()
+
+        self.controller.spawn(run(), what="loading the queue")
+
+    def _on_job(self, job: Job) -> None:
+        self.model.upsert(job)
+        self._update_actions()
+        self._update_title()
+
+    def _update_title(self) -> None:
+        active = sum(1 for j in self.model.jobs() if j.state.active)
+        self.title.setText(f"<b>Queue</b> — {active} running" if active else "<b>Queue</b>")
+
+    def selected_jobs(self) -> list[Job]:
+        rows = {ix.row() for ix in self.table.selectionModel().selectedRows(STATE)}
+        return [self.model.job(r) for r in sorted(rows)]
+
+    def _update_actions(self) -> None:
+        jobs = self.selected_jobs()
+        self.cancel_action.setEnabled(any(j.state.active or j.state is JobState.INTERRUPTED
+                                          for j in jobs))
+        self.retry_action.setEnabled(any(j.state in RETRYABLE for j in jobs))
+        self.remove_action.setEnabled(any(j.state.finished or j.state is JobState.CANCELLED
+                                          for j in jobs))
+        self.cancel_all_action.setEnabled(any(j.state.active for j in self.model.jobs()))
+
+    # ------------------------------------------------------------------ actions
+
+    def cancel(self) -> None:
+        ids = [j.id for j in self.selected_jobs()
+               if j.state.active or j.state is JobState.INTERRUPTED]
+        self.controller.cancel(ids)
+
+    def retry(self) -> None:
+        self.controller.retry([j.id for j in self.selected_jobs() if j.state in RETRYABLE])
+
+    def remove(self) -> None:
+        ids = {j.id for j in self.selected_jobs() if not j.state.active}
+        self.model.remove_ids(ids)
+        self.controller.remove(sorted(ids))
+        self._update_actions()
+
+    def _activated(self, index: QModelIndex) -> None:
+        job = self.model.job(index.row())
+        if job.state is JobState.COMPLETED:
+            self.jobActivated.emit(job)
+
+    def _menu(self, pos: QPoint) -> None:
+        menu = QMenu(self)
+        for action in (self.cancel_action, self.retry_action, self.remove_action):
+            menu.addAction(action)
+        jobs = self.selected_jobs()
+        if len(jobs) == 1 and jobs[0].error:
+            menu.addSeparator()
+            menu.addAction("Copy error message").triggered.connect(
+                lambda: _copy(jobs[0].error or ""))
+        menu.popup(self.table.viewport().mapToGlobal(pos))
+
+
+def _copy(text: str) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.clipboard().setText(text)

@@ -1,0 +1,484 @@
+"""Settings: API keys (in the OS keychain), base URLs, concurrency, library folder,
+default provider, Demo fallback.
+
+Nothing here blocks the GUI thread: keychain calls are the ``SecretStore``'s async
+methods (each with its timeout), the settings file is written in a worker thread and the
+folder picker is opened with ``open()``. A key never appears in a message or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import shiboken6
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from nbdesk.api.capabilities import DEMO, PROVIDERS, ProviderCaps
+from nbdesk.core.secrets import (
+    KeychainError,
+    KeychainTimeout,
+    KeychainUnavailable,
+    KeyLookup,
+    RedactingFilter,
+    SecretStore,
+    redact,
+)
+from nbdesk.core.settings import CONCURRENCY_RANGE, Settings, save_settings, validate_base_url
+from nbdesk.ui.controller import Controller
+
+log = logging.getLogger(__name__)
+
+CHECKING = "Checking the keychain…"
+_ERROR_STYLE = "color: #c0392b;"
+_OK_STYLE = "color: #2e7d32;"
+
+
+def no_keychain_text(caps: ProviderCaps) -> str:
+    return (
+        "No OS keychain available: nothing can be stored; "
+        f"set {caps.env_key} for one run"
+    )
+
+
+@dataclass
+class _KeyRow:
+    caps: ProviderCaps
+    field: QLineEdit
+    save: QPushButton
+    remove: QPushButton
+    status: QLabel
+    source: str = "unknown"  # "env" | "keychain" | "none" | "unavailable" | "error" | "unknown"
+
+
+class SettingsDialog(QDialog):
+    """Non-modal; show it with ``show()`` or ``open()``."""
+
+    settingsSaved = Signal(object)  # the new Settings
+    keysChanged = Signal(str)  # provider id whose stored key was saved or removed
+
+    def __init__(
+        self, controller: Controller, parent: QWidget | None = None, *,
+        secrets: SecretStore | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.secrets = secrets if secrets is not None else controller.rt.secrets
+        self._busy = 0  # keychain calls running
+        self._backend = ""  # the keychain's name once known; "none" without one
+        self._folder_dialog: QFileDialog | None = None
+        self.setWindowTitle("Settings")
+        self.setModal(False)
+        self.setMinimumWidth(640)
+
+        # -- API keys
+        keys_box = QGroupBox("API keys")
+        grid = QGridLayout(keys_box)
+        self.keychain_label = QLabel()
+        self.keychain_label.setWordWrap(True)
+        self.activity = QLabel(CHECKING)
+        self.activity.setStyleSheet("font-style: italic;")
+        self.activity.hide()
+        grid.addWidget(self.keychain_label, 0, 0, 1, 3)
+        grid.addWidget(self.activity, 0, 3)
+        self.key_rows: dict[str, _KeyRow] = {}
+        for n, (pid, caps) in enumerate(PROVIDERS.items()):
+            field = QLineEdit()
+            field.setEchoMode(QLineEdit.EchoMode.Password)
+            field.setAccessibleName(f"{caps.label} API key")
+            field.setPlaceholderText(f"paste the {caps.label} API key")
+            save = QPushButton("Save")
+            save.setToolTip(f"Store the {caps.label} key in the OS keychain")
+            remove = QPushButton("Remove")
+            remove.setToolTip(f"Delete the stored {caps.label} key from the OS keychain")
+            status = QLabel()
+            status.setWordWrap(True)
+            status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            label = QLabel(f"{caps.label}:")
+            label.setBuddy(field)
+            row = 1 + 2 * n
+            grid.addWidget(label, row, 0)
+            grid.addWidget(field, row, 1)
+            grid.addWidget(save, row, 2)
+            grid.addWidget(remove, row, 3)
+            grid.addWidget(status, row + 1, 1, 1, 3)
+            self.key_rows[pid] = _KeyRow(caps, field, save, remove, status)
+            save.clicked.connect(functools.partial(self.save_key, pid))
+            field.returnPressed.connect(functools.partial(self.save_key, pid))
+            remove.clicked.connect(functools.partial(self.remove_key, pid))
+        grid.setColumnStretch(1, 1)
+        self.recheck_button = QPushButton("Check again")
+        self.recheck_button.setToolTip("Ask the keychain again")
+        self.recheck_button.clicked.connect(self.refresh_keys)
+        grid.addWidget(self.recheck_button, 1 + 2 * len(PROVIDERS), 3)
+
+        # -- the settings file
+        general = QGroupBox("General")
+        form = QFormLayout(general)
+        self.base_urls: dict[str, QLineEdit] = {}
+        settings = controller.rt.settings
+        for pid, caps in PROVIDERS.items():
+            edit = QLineEdit(settings.base_urls.get(pid, ""))
+            edit.setPlaceholderText(caps.base_url)
+            edit.setClearButtonEnabled(True)
+            edit.setToolTip(
+                f"Leave empty for {caps.base_url}. https://, or http:// to this computer "
+                f"only. {caps.env_base_url} overrides it for one run."
+            )
+            self.base_urls[pid] = edit
+            form.addRow(f"{caps.label} base URL:", edit)
+        self.concurrency = QSpinBox()
+        self.concurrency.setRange(*CONCURRENCY_RANGE)
+        self.concurrency.setValue(settings.concurrency)
+        self.concurrency.setToolTip("How many jobs run at once")
+        form.addRow("Jobs at once:", self.concurrency)
+        self.library_dir = QLineEdit(settings.library_dir or "")
+        self.library_dir.setPlaceholderText(f"default: {controller.rt.paths.root}")
+        self.library_dir.setToolTip("Where the images and the database live; an absolute "
+                                    "folder path. Takes effect at the next start.")
+        browse = QPushButton("Choose…")
+        browse.clicked.connect(self.choose_library_dir)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.library_dir, 1)
+        folder_row.addWidget(browse)
+        form.addRow("Library folder:", folder_row)
+        self.default_provider = QComboBox()
+        self.default_provider.addItem("Demo (offline)", DEMO)
+        for pid, caps in PROVIDERS.items():
+            self.default_provider.addItem(caps.label, pid)
+        self.default_provider.setCurrentIndex(
+            max(self.default_provider.findData(settings.default_provider), 0)
+        )
+        form.addRow("Default provider:", self.default_provider)
+        self.demo_when_no_key = QCheckBox("Use Demo when a provider has no key")
+        self.demo_when_no_key.setChecked(settings.demo_when_no_key)
+        form.addRow("", self.demo_when_no_key)
+
+        # -- messages and buttons
+        self.message = QLabel()
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.message.hide()
+        buttons = QDialogButtonBox()
+        self.save_button = buttons.addButton("Save settings",
+                                             QDialogButtonBox.ButtonRole.ApplyRole)
+        self.save_button.setToolTip("Write the general settings (API keys are saved with "
+                                    "their own Save buttons)")
+        close = buttons.addButton(QDialogButtonBox.StandardButton.Close)
+        self.save_button.clicked.connect(self.save_settings)
+        close.clicked.connect(self.reject)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(keys_box)
+        layout.addWidget(general)
+        layout.addWidget(self.message)
+        layout.addWidget(buttons)
+
+        # Return in a field must never press a button the user did not aim at (a QDialog
+        # makes its first auto-default button the default: that could be "Remove").
+        for button in self.findChildren(QPushButton):
+            button.setAutoDefault(False)
+            button.setDefault(False)
+
+        self._update_key_rows()
+        self.refresh_keys()
+
+    # ------------------------------------------------------------------ keychain
+
+    def keychain_text(self) -> str:
+        return self.keychain_label.text()
+
+    def key_status(self, provider_id: str) -> str:
+        return self.key_rows[provider_id].status.text()
+
+    def busy(self) -> bool:
+        return self._busy > 0
+
+    def refresh_keys(self) -> None:
+        """Ask the keychain which keys it holds (in the background)."""
+        self._spawn(self._refresh_all(), "checking the keychain")
+
+    async def _refresh_all(self) -> None:
+        async def name() -> None:
+            try:
+                self._backend = await self.secrets.abackend_name()
+            except KeychainError as e:
+                self._backend = ""
+                self._say(str(e), error=True)
+
+        async with self._keychain_call():
+            await asyncio.gather(name(), *(self._refresh(pid) for pid in self.key_rows))
+
+    async def _refresh(self, provider_id: str) -> None:
+        row = self.key_rows[provider_id]
+        try:
+            found: KeyLookup | None = await self.secrets.alookup(provider_id)
+        except KeychainUnavailable:
+            row.source, found = "unavailable", None
+        except KeychainTimeout as e:
+            row.source, found = "error", None
+            self._set_status(row, f"{e} Check that the keychain is running and unlocked, "
+                             "then press Check again.", error=True)
+            self._say(str(e), error=True)
+        except KeychainError as e:
+            row.source, found = "error", None
+            self._set_status(row, str(e), error=True)
+        if found is not None:
+            row.source = found.source
+        if shiboken6.isValid(self):
+            self._update_key_rows()
+
+    def _update_key_rows(self) -> None:
+        where = self._backend if self._backend not in ("", "none") else "the OS keychain"
+        if self._backend == "none":
+            self.keychain_label.setText(
+                "No OS keychain available (such as GNOME Keyring, KWallet, the macOS "
+                "Keychain or the Windows Credential Manager): API keys cannot be stored. "
+                "nbdesk never writes keys to a plain file."
+            )
+            self.keychain_label.setStyleSheet(_ERROR_STYLE)
+        elif self._backend:
+            self.keychain_label.setText(f"Keys are kept in {self._backend}.")
+            self.keychain_label.setStyleSheet("")
+        else:
+            self.keychain_label.setText("Keys are kept in the OS keychain." if not self._busy
+                                        else CHECKING)
+            self.keychain_label.setStyleSheet("")
+        idle = self._busy == 0
+        self.activity.setVisible(not idle)
+        for row in self.key_rows.values():
+            env = row.caps.env_key
+            if row.source == "env":
+                row.field.clear()
+                row.field.setReadOnly(True)
+                row.field.setEnabled(True)
+                row.field.setPlaceholderText(f"set by {env}")
+                self._set_status(
+                    row, f"The key comes from the environment variable {env} "
+                    "(this run only)."
+                )
+            else:
+                row.field.setReadOnly(False)
+                row.field.setPlaceholderText(f"paste the {row.caps.label} API key")
+            if row.source == "keychain":
+                row.field.setPlaceholderText("a key is stored; paste a new one to replace it")
+                self._set_status(row, f"Stored in {where}", ok=True)
+            elif row.source == "none":
+                self._set_status(row, f"No key stored (it would go to {where}).")
+            elif row.source == "unavailable":
+                self._set_status(row, no_keychain_text(row.caps), error=True)
+            elif row.source == "unknown":
+                self._set_status(row, CHECKING)
+            can_store = row.source in ("keychain", "none", "error")
+            row.field.setEnabled(row.source != "unavailable")
+            row.save.setEnabled(idle and can_store)
+            row.remove.setEnabled(idle and row.source in ("keychain", "error"))
+            if row.source == "unavailable":
+                row.save.setToolTip(no_keychain_text(row.caps))
+            else:
+                row.save.setToolTip(f"Store the {row.caps.label} key in {where}")
+        self.recheck_button.setEnabled(idle)
+        self._fit()
+
+    def _fit(self) -> None:
+        """Grow to show every line of the wrapped status texts (they change after the
+        dialog was laid out)."""
+        layout = self.layout()
+        if layout is None:
+            return
+        layout.activate()
+        width = self.width()
+        needed = (layout.totalHeightForWidth(width) if layout.hasHeightForWidth()
+                  else layout.totalSizeHint().height())
+        if needed > self.height():
+            self.resize(width, needed)
+
+    def save_key(self, provider_id: str) -> None:
+        row = self.key_rows[provider_id]
+        if not row.save.isEnabled():
+            return
+        key = row.field.text()
+        if not key.strip():
+            self._say(f"Paste the {row.caps.label} API key first.", error=True)
+            return
+        self._spawn(self._save_key(provider_id, key), "saving the API key")
+
+    async def _save_key(self, provider_id: str, key: str) -> None:
+        row = self.key_rows[provider_id]
+        async with self._keychain_call():
+            try:
+                await self.secrets.aset(provider_id, key)
+            except (ValueError, KeychainError) as e:  # messages never hold the key
+                self._say(self._clean(str(e)), error=True)
+                return
+            if shiboken6.isValid(self):
+                row.field.clear()
+            self._key_changed(provider_id)
+            await self._refresh(provider_id)
+            self._say(f"Saved the {row.caps.label} key in {self._backend or 'the keychain'}.",
+                      ok=True)
+
+    def remove_key(self, provider_id: str) -> None:
+        if self.key_rows[provider_id].remove.isEnabled():
+            self._spawn(self._remove_key(provider_id), "removing the API key")
+
+    async def _remove_key(self, provider_id: str) -> None:
+        row = self.key_rows[provider_id]
+        async with self._keychain_call():
+            try:
+                removed = await self.secrets.adelete(provider_id)
+            except KeychainError as e:
+                self._say(self._clean(str(e)), error=True)
+                return
+            if removed:
+                self._key_changed(provider_id)
+            await self._refresh(provider_id)
+            self._say(
+                f"Removed the {row.caps.label} key from {self._backend or 'the keychain'}."
+                if removed else f"No {row.caps.label} key was stored.",
+                ok=True,
+            )
+
+    def _key_changed(self, provider_id: str) -> None:
+        self.controller.engine.connector.forget(provider_id)
+        self.keysChanged.emit(provider_id)
+
+    def _keychain_call(self) -> _Busy:
+        return _Busy(self)
+
+    # ------------------------------------------------------------------ settings file
+
+    def collect(self) -> Settings:
+        """The settings the form describes; ValueError with a user-facing message."""
+        base_urls: dict[str, str] = {}
+        for pid, edit in self.base_urls.items():
+            text = edit.text().strip()
+            if not text:
+                continue
+            try:
+                base_urls[pid] = validate_base_url(text)
+            except ValueError as e:
+                raise ValueError(f"{PROVIDERS[pid].label} base URL: {e}") from None
+        folder = self.library_dir.text().strip() or None
+        if folder is not None and not Path(folder).expanduser().is_absolute():
+            raise ValueError(f"Library folder: {folder!r} is not an absolute folder path.")
+        return self.controller.rt.settings.replace(
+            base_urls=base_urls,
+            concurrency=self.concurrency.value(),
+            library_dir=folder,
+            default_provider=str(self.default_provider.currentData()),
+            demo_when_no_key=self.demo_when_no_key.isChecked(),
+        )
+
+    def save_settings(self) -> None:
+        try:
+            new = self.collect()
+        except ValueError as e:
+            self._say(str(e), error=True)
+            return
+        self.save_button.setEnabled(False)
+        self._spawn(self._save_settings(new), "saving the settings")
+
+    async def _save_settings(self, new: Settings) -> None:
+        rt = self.controller.rt
+        try:
+            await asyncio.to_thread(save_settings, rt.paths.settings_file, new, force=True)
+        except OSError as e:
+            if shiboken6.isValid(self):
+                self.save_button.setEnabled(True)
+            self._say(f"Cannot write {rt.paths.settings_file}: {e.strerror or e}", error=True)
+            return
+        old, rt.settings = rt.settings, new
+        # The connector builds clients from its settings: new base URLs apply to new jobs.
+        connector = self.controller.engine.connector
+        connector.settings = new
+        for pid in PROVIDERS:
+            if old.base_urls.get(pid) != new.base_urls.get(pid):
+                connector.forget(pid)
+        notes = []
+        if old.library_dir != new.library_dir:
+            notes.append("the library folder takes effect at the next start")
+        if old.concurrency != new.concurrency:
+            notes.append("the number of jobs at once applies to new jobs")
+        self.settingsSaved.emit(new)
+        if shiboken6.isValid(self):
+            self.save_button.setEnabled(True)
+        self._say("Settings saved" + (f" ({'; '.join(notes)})." if notes else "."), ok=True)
+
+    def choose_library_dir(self) -> None:
+        if self._folder_dialog is None:
+            dialog = QFileDialog(self, "Library folder")
+            dialog.setFileMode(QFileDialog.FileMode.Directory)
+            dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+            dialog.fileSelected.connect(self.library_dir.setText)
+            self._folder_dialog = dialog
+        current = self.library_dir.text().strip() or str(self.controller.rt.paths.root)
+        self._folder_dialog.setDirectory(current)
+        self._folder_dialog.open()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def message_text(self) -> str:
+        return self.message.text()
+
+    @staticmethod
+    def _clean(text: str) -> str:
+        return redact(text, RedactingFilter.known())
+
+    def _say(self, text: str, *, error: bool = False, ok: bool = False) -> None:
+        if not shiboken6.isValid(self):
+            return
+        repeated = self.message.isVisibleTo(self) and self.message.text() == text
+        self.message.setText(text)
+        self.message.setStyleSheet(_ERROR_STYLE if error else _OK_STYLE if ok else "")
+        self.message.setVisible(bool(text))
+        self._fit()
+        if error and not repeated:
+            self.controller.error(text)
+
+    @staticmethod
+    def _set_status(row: _KeyRow, text: str, *, error: bool = False, ok: bool = False) -> None:
+        row.status.setText(text)
+        row.status.setStyleSheet(_ERROR_STYLE if error else _OK_STYLE if ok else "")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        self.controller.spawn(coro, what=what)
+
+
+class _Busy:
+    """While a keychain call runs: "Checking the keychain…", key buttons disabled."""
+
+    def __init__(self, dialog: SettingsDialog) -> None:
+        self.dialog = dialog
+
+    async def __aenter__(self) -> None:
+        self.dialog._busy += 1
+        if shiboken6.isValid(self.dialog):
+            self.dialog._update_key_rows()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.dialog._busy -= 1
+        if shiboken6.isValid(self.dialog):
+            self.dialog._update_key_rows()
