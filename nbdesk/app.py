@@ -30,7 +30,13 @@ def main(argv: Sequence[str] = ()) -> int:
         return 3
     setup_logging(rt.paths)
 
-    from nbdesk.ui.main_window import MainWindow
+    from nbdesk.ui.controller import Controller
+    from nbdesk.ui.crash import CrashHandler
+    from nbdesk.ui.main_window import MainWindow, apply_app_style
+
+    apply_app_style(app)
+    crash = CrashHandler(rt.paths.log_dir)
+    crash.install()
 
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
@@ -39,7 +45,7 @@ def main(argv: Sequence[str] = ()) -> int:
 
     async def run() -> None:
         async with rt.engine(take_over=True, resume=True) as engine:
-            window = MainWindow(rt, engine)
+            window = MainWindow(Controller(rt, engine))
             window.closed.connect(closed.set)
             window.show()
             await closed.wait()

@@ -195,16 +195,17 @@ class Composer(QWidget):
         row1 = QGridLayout()
         row1.setHorizontalSpacing(6)
         cells = (
-            (0, 0, "&Provider", self.provider_combo, 3), (0, 5, "&Model", self.model_combo, 3),
-            (1, 0, "&Ratio", self.ratio_combo, 1), (1, 2, "Re&solution", self.resolution_combo, 1),
-            (1, 4, "Form&at", self.format_combo, 1), (1, 6, "&Images", self.count_spin, 1),
+            (0, 0, "&Provider", self.provider_combo), (0, 2, "&Model", self.model_combo),
+            (1, 0, "&Ratio", self.ratio_combo), (1, 2, "Re&solution", self.resolution_combo),
+            (2, 0, "Form&at", self.format_combo), (2, 2, "&Images", self.count_spin),
         )
-        for row, col, text, widget, span in cells:
+        for row, col, text, widget in cells:
             label = QLabel(text)
             label.setBuddy(widget)
             row1.addWidget(label, row, col)
-            row1.addWidget(widget, row, col + 1, 1, span)
-        row1.setColumnStretch(8, 1)
+            row1.addWidget(widget, row, col + 1)
+        row1.setColumnStretch(1, 1)
+        row1.setColumnStretch(3, 1)
         row2 = QHBoxLayout()
         row2.addWidget(self.google_search)
         row2.addWidget(self.image_search)

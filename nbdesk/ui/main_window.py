@@ -1,100 +1,304 @@
-"""The main window: a thin layer over the runtime and the engine."""
+"""The main window: composer and queue on the left, viewer and library on the right.
+
+It only arranges panels and routes signals between them; state lives in the engine,
+the library and the Qt models, and every core call goes through the Controller.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import time
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
-    QHBoxLayout,
     QLabel,
     QMainWindow,
-    QPlainTextEdit,
-    QPushButton,
-    QTableView,
+    QSplitter,
+    QStackedWidget,
+    QSystemTrayIcon,
     QVBoxLayout,
     QWidget,
 )
 
-from nbdesk.api.base import InputError
-from nbdesk.api.capabilities import DEMO, DEMO_PROVIDER, PROVIDERS
-from nbdesk.core.connector import ConfigError
-from nbdesk.core.engine import Engine
-from nbdesk.core.jobs import Job, JobSpec
-from nbdesk.core.runtime import Runtime
-from nbdesk.ui.queue_model import JobsModel
+from nbdesk.api.capabilities import PROVIDERS
+from nbdesk.core.jobs import Job, JobState
+from nbdesk.ui.composer import Composer
+from nbdesk.ui.controller import Controller
+from nbdesk.ui.library_view import LibraryView
+from nbdesk.ui.message_bar import MessageBar
+from nbdesk.ui.queue_view import QueueView
+from nbdesk.ui.thumbnails import ThumbnailCache
+from nbdesk.ui.viewer import ImageViewer
+
+WELCOME = """
+<h2>Welcome to nbdesk</h2>
+<p>Generate and edit images with Google's Nano Banana models. Everything you make is kept
+in a local library you can search offline, with its prompt, parameters and cost.</p>
+<p><b>Try it now, without a key:</b> the provider is set to <i>Demo</i>, a built-in
+simulator. Write a prompt on the left and press <b>Ctrl+Enter</b>.</p>
+<p><b>Use your own account:</b> open <b>Settings</b> (Ctrl+,) and enter an Apiframe or
+APIFree API key. It is stored in your system keychain, never in a file.</p>
+<p>Drop or paste images into the reference tray to edit or compose from them.</p>
+"""
 
 
 class MainWindow(QMainWindow):
     closed = Signal()
 
-    def __init__(self, rt: Runtime, engine: Engine) -> None:
+    def __init__(self, controller: Controller) -> None:
         super().__init__()
-        self.rt = rt
-        self.engine = engine
+        self.controller = controller
+        self.rt = controller.rt
         self.setWindowTitle("nbdesk")
-        self.resize(1000, 700)
-        central = QWidget(self)
+        self.setObjectName("nbdeskMainWindow")
+        self.resize(1360, 860)
+        self._settings_dialog: QWidget | None = None
+        self._total_spend = 0.0
+
+        self.thumbnails = ThumbnailCache(self.rt.paths.thumbnails)
+        self.composer = Composer(controller)
+        self.queue = QueueView(controller)
+        self.viewer = ImageViewer(controller, self.thumbnails)
+        self.library = LibraryView(controller, self.thumbnails)
+        self.messages = MessageBar()
+        self.welcome = QLabel(WELCOME)
+        self.welcome.setWordWrap(True)
+        self.welcome.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.welcome.setMargin(32)
+        self.welcome.setObjectName("welcome")
+        self.viewer_stack = QStackedWidget()
+        self.viewer_stack.addWidget(self.welcome)
+        self.viewer_stack.addWidget(self.viewer)
+
+        self.left = QSplitter(Qt.Orientation.Vertical)
+        self.left.setObjectName("leftSplit")
+        self.left.addWidget(self.composer)
+        self.left.addWidget(self.queue)
+        self.left.setStretchFactor(0, 3)
+        self.left.setStretchFactor(1, 2)
+        self.right = QSplitter(Qt.Orientation.Vertical)
+        self.right.setObjectName("rightSplit")
+        self.right.addWidget(self.viewer_stack)
+        self.right.addWidget(self.library)
+        self.right.setStretchFactor(0, 3)
+        self.right.setStretchFactor(1, 2)
+        self.split = QSplitter(Qt.Orientation.Horizontal)
+        self.split.setObjectName("mainSplit")
+        self.split.addWidget(self.left)
+        self.split.addWidget(self.right)
+        self.split.setStretchFactor(0, 2)
+        self.split.setStretchFactor(1, 3)
+        self.split.setSizes([520, 840])
+        central = QWidget()
         layout = QVBoxLayout(central)
-        self.prompt = QPlainTextEdit(placeholderText="Describe the image… (Ctrl+Enter queues it)")
-        self.prompt.setMaximumHeight(120)
-        row = QHBoxLayout()
-        self.provider = QComboBox()
-        self.provider.addItem("Demo (offline simulator)", DEMO)
-        for pid, caps in PROVIDERS.items():
-            self.provider.addItem(caps.label, pid)
-        self.generate_button = QPushButton("Generate")
-        self.generate_button.clicked.connect(self.generate)
-        row.addWidget(QLabel("Provider:"))
-        row.addWidget(self.provider)
-        row.addStretch(1)
-        row.addWidget(self.generate_button)
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
-        self.jobs = JobsModel()
-        self.jobs.set_jobs(rt.library.jobs())
-        self.table = QTableView()
-        self.table.setModel(self.jobs)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        layout.addWidget(self.prompt)
-        layout.addLayout(row)
-        layout.addWidget(self.message)
-        layout.addWidget(self.table, 1)
+        layout.setContentsMargins(6, 6, 6, 0)
+        layout.addWidget(self.messages)
+        layout.addWidget(self.split, 1)
         self.setCentralWidget(central)
-        QShortcut(QKeySequence("Ctrl+Return"), self, self.generate)
-        engine.subscribe(self.jobs.upsert)
-        engine.on_external_change(self._reload)
-        self._pending: set[asyncio.Task[list[Job]]] = set()
 
-    def _reload(self) -> None:
-        self.jobs.set_jobs(self.rt.library.jobs())
+        self._build_menus()
+        self._build_status_bar()
+        self._tray = self._make_tray()
 
-    def generate(self) -> None:
-        choice = self.provider.currentData()
-        demo = choice == DEMO
-        provider = DEMO_PROVIDER if demo else str(choice)
-        caps = PROVIDERS[provider]
-        spec = JobSpec(provider=provider, model=caps.default_model.model,
-                       prompt=self.prompt.toPlainText(), demo=demo)
-        task = asyncio.ensure_future(self.engine.enqueue(spec))
-        self._pending.add(task)
-        task.add_done_callback(self._enqueued)
+        controller.message.connect(self._on_message)
+        controller.jobFinished.connect(self._on_job_finished)
+        controller.libraryChanged.connect(self.refresh_spend)
+        self.messages.undoRequested.connect(controller.undo_trash)
+        self.library.itemActivated.connect(self.open_item)
+        self.queue.jobActivated.connect(self._open_job)
+        self.viewer.currentChanged.connect(lambda _id: self.viewer_stack.setCurrentIndex(1))
 
-    def _enqueued(self, task: asyncio.Task[list[Job]]) -> None:
-        self._pending.discard(task)
-        exc = task.exception()
-        if isinstance(exc, InputError | ConfigError):
-            self.message.setText(str(exc))
-            self.message.setStyleSheet("color: #c0392b;")
-        elif exc is not None:
-            self.message.setText(f"internal error: {exc}")
+        self._let_combos_shrink()
+        self._restore_layout()
+        self.queue.reload()
+        self.refresh_keys()
+        self.refresh_spend()
+
+    # ------------------------------------------------------------------ building
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        self.settings_action = self._add(file_menu, "&Settings…", self.open_settings,
+                                         QKeySequence("Ctrl+,"))
+        file_menu.addSeparator()
+        self._add(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        edit = bar.addMenu("&Edit")
+        self.undo_action = self._add(edit, "&Undo delete", self.controller.undo_trash,
+                                     QKeySequence.StandardKey.Undo)
+        edit.addSeparator()
+        self._add(edit, "Focus &prompt", self.composer.focus_prompt, QKeySequence("Ctrl+L"))
+        self._add(edit, "&Search library", self._focus_search, QKeySequence.StandardKey.Find)
+        queue = bar.addMenu("&Queue")
+        queue.addAction(self.queue.pause_action)
+        queue.addAction(self.queue.cancel_all_action)
+        queue.addSeparator()
+        queue.addAction(self.queue.retry_action)
+        queue.addAction(self.queue.cancel_action)
+        help_menu = bar.addMenu("&Help")
+        self._add(help_menu, "&About nbdesk", self._about)
+
+    def _add(self, menu: object, text: str, slot: object,
+             shortcut: QKeySequence | QKeySequence.StandardKey | None = None) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+        if callable(slot):
+            action.triggered.connect(slot)
+        menu.addAction(action)  # type: ignore[attr-defined]
+        self.addAction(action)
+        return action
+
+    def _build_status_bar(self) -> None:
+        status = self.statusBar()
+        self.key_labels: dict[str, QLabel] = {}
+        for pid, caps in PROVIDERS.items():
+            label = QLabel(f"{caps.label}: …")
+            label.setToolTip(f"Where the {caps.label} API key comes from")
+            self.key_labels[pid] = label
+            status.addPermanentWidget(label)
+        self.spend_label = QLabel("Spent: $0.00")
+        self.spend_label.setToolTip("Total cost of the images in the library")
+        status.addPermanentWidget(self.spend_label)
+
+    def _make_tray(self) -> QSystemTrayIcon | None:
+        if not QSystemTrayIcon.isSystemTrayAvailable():
+            return None
+        tray = QSystemTrayIcon(self.windowIcon() or QIcon(), self)
+        tray.setToolTip("nbdesk")
+        tray.show()
+        return tray
+
+    def _let_combos_shrink(self) -> None:
+        """Combo boxes size to a few characters, not their longest entry, so the window
+        fits small screens; the popup still shows the entries in full."""
+        for combo in self.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)
+
+    # ------------------------------------------------------------------ behaviour
+
+    def _focus_search(self) -> None:
+        self.library.focus_search()
+
+    def open_item(self, item_id: int) -> None:
+        ids = self.library.visible_ids()
+        self.viewer.set_items(ids if item_id in ids else [item_id], item_id)
+        self.viewer_stack.setCurrentIndex(1)
+
+    def _open_job(self, job: Job) -> None:
+        async def run() -> None:
+            items = await self.controller.db(self.rt.library.items_for_job, job.id)
+            if items:
+                self.open_item(items[0].id)
+
+        self.controller.spawn(run(), what="opening the image")
+
+    def _on_message(self, level: str, text: str) -> None:
+        self.messages.show_message(level, text)
+        if level != "error":
+            self.statusBar().showMessage(text, 8000)
+
+    def _on_job_finished(self, job: Job) -> None:
+        if job.state is JobState.FAILED:
+            self.controller.message.emit("error", f"Job failed: {job.error}")
         else:
-            self.message.setText("")
-            self.prompt.clear()
-            self.prompt.setFocus(Qt.FocusReason.OtherFocusReason)
+            self.statusBar().showMessage(f"Finished: {job.prompt[:60]}", 8000)
+        if (self._tray is not None and not self.isActiveWindow()
+                and self.rt.settings.notify_on_finish):
+            title = "Image ready" if job.state is JobState.COMPLETED else "Job failed"
+            self._tray.showMessage(title, job.prompt[:120], QSystemTrayIcon.MessageIcon.Information,
+                                   5000)
+
+    def refresh_keys(self) -> None:
+        async def run() -> None:
+            for pid, caps in PROVIDERS.items():
+                label = self.key_labels[pid]
+                try:
+                    found = await self.rt.secrets.alookup(pid)
+                except Exception as exc:  # keychain missing / timed out: say so
+                    label.setText(f"{caps.label}: keychain unavailable")
+                    label.setToolTip(str(exc))
+                    continue
+                if found.source == "env":
+                    label.setText(f"{caps.label}: key from {caps.env_key}")
+                elif found.source == "keychain":
+                    label.setText(f"{caps.label}: key ✓")
+                else:
+                    label.setText(f"{caps.label}: no key (Demo available)")
+
+        self.controller.spawn(run(), what="checking API keys")
+
+    def refresh_spend(self) -> None:
+        async def run() -> None:
+            total = await self.controller.total_cost()
+            self.spend_label.setText(f"Spent: ${total:.2f}")
+
+        self.controller.spawn(run(), what="adding up costs")
+
+    def open_settings(self) -> None:
+        from nbdesk.ui.settings_dialog import SettingsDialog
+
+        if self._settings_dialog is None:
+            dialog = SettingsDialog(self.controller, self)
+            dialog.keysChanged.connect(self._keys_changed)
+            dialog.settingsSaved.connect(lambda _s: self.controller.engine.unblock())
+            dialog.finished.connect(self._settings_closed)
+            self._settings_dialog = dialog
+        self._settings_dialog.open()  # type: ignore[attr-defined]
+
+    def _keys_changed(self, _provider: str) -> None:
+        self.controller.engine.unblock()  # jobs waiting for this key go on now
+        self.refresh_keys()
+        self.composer.refresh_keys()
+
+    def _settings_closed(self) -> None:
+        self._settings_dialog = None
+
+    def _about(self) -> None:
+        from nbdesk import __version__
+
+        self.controller.info(f"nbdesk {__version__} — a desktop studio for Nano Banana; "
+                             f"library at {self.rt.paths.root}")
+
+    # ------------------------------------------------------------------ layout
+
+    def _qsettings(self) -> QSettings:
+        path = self.rt.paths.settings_file.parent / "window.ini"
+        return QSettings(str(path), QSettings.Format.IniFormat)
+
+    def _restore_layout(self) -> None:
+        s = self._qsettings()
+        for key, restore in (("geometry", self.restoreGeometry),
+                             ("state", self.restoreState)):
+            value = s.value(key)
+            if isinstance(value, QByteArray):
+                restore(value)
+        for splitter in (self.split, self.left, self.right):
+            value = s.value(f"splitters/{splitter.objectName()}")
+            if isinstance(value, QByteArray):
+                splitter.restoreState(value)
+
+    def save_layout(self) -> None:
+        s = self._qsettings()
+        s.setValue("geometry", self.saveGeometry())
+        s.setValue("state", self.saveState())
+        for splitter in (self.split, self.left, self.right):
+            s.setValue(f"splitters/{splitter.objectName()}", splitter.saveState())
+        s.setValue("saved_at", time.time())
+        s.sync()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.save_layout()
+        if self._tray is not None:
+            self._tray.hide()
         self.closed.emit()
         super().closeEvent(event)
+
+
+def apply_app_style(app: QApplication) -> None:
+    """Fusion follows the system palette (light or dark) the same way on every platform."""
+    app.setStyle("Fusion")

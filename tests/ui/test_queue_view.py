@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import QItemSelectionModel
 from pytestqt.qtbot import QtBot
 
 from nbdesk.core.jobs import JobSpec, JobState
@@ -11,6 +12,14 @@ from nbdesk.ui.queue_view import QueueView
 from tests.ui.conftest import UiEnv, run_async
 
 SPEC = JobSpec("apiframe", "nano-banana", "a quiet harbour")
+
+
+def select_row(view: QueueView, row: int) -> None:
+    """Select exactly this row (QTableView.selectRow would honour whatever keyboard
+    modifiers Qt believes are held, and toggle instead)."""
+    flags = (QItemSelectionModel.SelectionFlag.ClearAndSelect
+             | QItemSelectionModel.SelectionFlag.Rows)
+    view.table.selectionModel().select(view.model.index(row, 0), flags)
 
 
 def state_of(view: QueueView, job_id: str) -> str:
@@ -36,13 +45,13 @@ def test_cancel_and_retry_from_the_panel(qtbot: QtBot, ui_env: UiEnv) -> None:
     qtbot.addWidget(view)
     ui_env.controller.set_paused(True)
     (job,) = run_async(qtbot, ui_env.controller.submit(SPEC))
-    view.table.selectRow(0)
+    select_row(view, 0)
     assert view.cancel_action.isEnabled() and not view.retry_action.isEnabled()
     view.cancel_action.trigger()
     qtbot.waitUntil(lambda: state_of(view, job.id) == "cancelled", timeout=5000)
     assert ui_env.sim.stats.requests == 0
     ui_env.controller.set_paused(False)
-    view.table.selectRow(0)
+    select_row(view, 0)
     assert view.retry_action.isEnabled()
     view.retry_action.trigger()
     qtbot.waitUntil(lambda: state_of(view, job.id) == "completed", timeout=15_000)
@@ -77,7 +86,7 @@ def test_remove_keeps_the_image(qtbot: QtBot, ui_env: UiEnv) -> None:
     with qtbot.waitSignal(ui_env.controller.itemsAdded, timeout=15_000):
         (job,) = run_async(qtbot, ui_env.controller.submit(SPEC))
     qtbot.waitUntil(lambda: state_of(view, job.id) == "completed", timeout=5000)
-    view.table.selectRow(view.model.row_of(job.id) or 0)
+    select_row(view, view.model.row_of(job.id) or 0)
     view.remove_action.trigger()
     assert view.model.row_of(job.id) is None
     qtbot.waitUntil(lambda: not any(j.id == job.id for j in ui_env.rt.library.jobs()),

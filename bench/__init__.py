@@ -1,0 +1,1 @@
+"""Performance scenarios for nbdesk: `uv run python -m bench`."""

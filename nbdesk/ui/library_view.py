@@ -1,0 +1,860 @@
+"""The library grid: a list model over item ids, items fetched in pages, thumbnails on demand.
+
+Only the ids of the matching items are loaded up front (``controller.item_ids``, cheap even
+for 100,000 rows). ``Item`` records are fetched a page at a time when a row is first
+painted, and thumbnails come from the shared ``ThumbnailCache``; nothing here reads a
+file or the database on the GUI thread.
+
+A reload after ``libraryChanged`` / ``itemsAdded`` is applied as row insertions and
+removals when the order of the surviving rows did not change, so the selection and the
+scroll position stay where they were; a new filter resets the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import shiboken6
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QItemSelection,
+    QItemSelectionModel,
+    QMimeData,
+    QModelIndex,
+    QPersistentModelIndex,
+    QPoint,
+    QRect,
+    QSize,
+    Qt,
+    QTimer,
+    QUrl,
+    Signal,
+)
+from PySide6.QtGui import (
+    QAction,
+    QColor,
+    QFontMetrics,
+    QImage,
+    QKeySequence,
+    QPainter,
+    QPalette,
+    QPixmap,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QProgressBar,
+    QStackedWidget,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from nbdesk.api.capabilities import PROVIDERS
+from nbdesk.core.library import Item
+from nbdesk.ui.controller import Controller
+from nbdesk.ui.thumbnails import ThumbnailCache
+
+Index = QModelIndex | QPersistentModelIndex
+
+ItemIdRole = Qt.ItemDataRole.UserRole
+ItemRole = Qt.ItemDataRole.UserRole + 1  # the Item, or None while its page loads
+FavouriteRole = Qt.ItemDataRole.UserRole + 2
+PathRole = Qt.ItemDataRole.UserRole + 3
+
+MIME_IDS = "application/x-nbdesk-item-ids"
+EMPTY_TEXT = "No images yet — write a prompt and press Ctrl+Enter, or try Demo"
+NO_MATCH_TEXT = "No images match the search and filters"
+DATE_CHOICES: tuple[tuple[str, int | None], ...] = (
+    ("Any date", None), ("Today", 0), ("Last 7 days", 7), ("Last 30 days", 30),
+)
+
+
+def short_prompt(prompt: str, limit: int = 60) -> str:
+    text = " ".join(prompt.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} bytes"
+
+
+def tooltip_for(item: Item) -> str:
+    provider = f"{item.provider} (demo)" if item.demo else item.provider
+    return (
+        f"{item.prompt}\n\n{provider} · {item.model}\n"
+        f"{item.width} × {item.height} · {human_size(item.size)}"
+    )
+
+
+def ids_mime(ids: Sequence[int], paths: Sequence[Path]) -> QMimeData:
+    """File URLs (drag to the desktop or another app copies the files) plus our ids."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    mime.setData(MIME_IDS, json.dumps(list(ids)).encode())
+    return mime
+
+
+def since_for(days: int | None, now: float | None = None) -> float | None:
+    """The ``since`` filter for a date choice: 0 is local midnight today."""
+    if days is None:
+        return None
+    now = time.time() if now is None else now
+    if days == 0:
+        midnight = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0,
+                                                          microsecond=0)
+        return midnight.timestamp()
+    return now - days * 86400
+
+
+def copy_into(src: Path, folder: Path) -> Path:
+    """Copy a file into ``folder`` byte for byte, never overwriting (``name-1.ext`` …)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        name = src.name if n == 0 else f"{src.stem}-{n}{src.suffix}"
+        dest = folder / name
+        try:
+            with open(src, "rb") as fin, open(dest, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        except FileExistsError:
+            n += 1
+            continue
+        shutil.copystat(src, dest)
+        return dest
+
+
+class LibraryModel(QAbstractListModel):
+    """Rows are item ids, newest first; items and thumbnails arrive lazily."""
+
+    countChanged = Signal(int)
+    reloaded = Signal()  # a reload was applied (rows are current)
+    pageLoaded = Signal()  # a page of items arrived
+
+    def __init__(
+        self,
+        controller: Controller,
+        thumbnails: ThumbnailCache,
+        parent: Any = None,
+        *,
+        page_size: int = 120,
+        icon_size: int = 160,
+    ) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        self.thumbnails = thumbnails
+        self.page_size = page_size
+        self._ids: list[int] = []
+        self._rows: dict[int, int] = {}
+        self._items: dict[int, Item] = {}  # fetched since the last reload
+        self._stale: dict[int, Item] = {}  # from before it: shown until refreshed
+        self._pages: set[int] = set()  # pages requested since the last reload
+        self._gen = 0
+        self._filters: dict[str, Any] = {}
+        self._loading = False
+        self._again = False
+        self._want_reset = False
+        self.loaded_once = False
+        #: how many items were fetched from the database (lazy loading is measurable)
+        self.fetched = 0
+        self._icon_size = icon_size
+        self._dpr = 1.0
+        self._pixmaps: OrderedDict[int, QPixmap] = OrderedDict()
+        self._pixmap_limit = 600
+        self._loading_pixmap = self._scaled(thumbnails.loading)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(lambda: self._schedule(reset=False))
+        thumbnails.ready.connect(self._thumbnail_ready)
+
+    # ------------------------------------------------------------------ reading
+
+    def ids(self) -> list[int]:
+        return list(self._ids)
+
+    def filters(self) -> dict[str, Any]:
+        return dict(self._filters)
+
+    def row_of(self, item_id: int) -> int | None:
+        return self._rows.get(item_id)
+
+    def index_of(self, item_id: int) -> QModelIndex:
+        row = self._rows.get(item_id)
+        return QModelIndex() if row is None else self.index(row, 0)
+
+    def item(self, item_id: int) -> Item | None:
+        """The item if it was fetched (possibly before the last reload), else None."""
+        return self._items.get(item_id) or self._stale.get(item_id)
+
+    def item_at(self, row: int) -> Item | None:
+        return self._item_for_row(row, request=False)
+
+    def is_loading(self) -> bool:
+        return self._loading or self._timer.isActive()
+
+    def set_icon_size(self, size: int, device_pixel_ratio: float = 1.0) -> None:
+        self._icon_size = size
+        self._dpr = device_pixel_ratio
+        self._pixmaps.clear()
+        self._loading_pixmap = self._scaled(self.thumbnails.loading)
+        if self._ids:
+            self._changed(0, len(self._ids) - 1, [Qt.ItemDataRole.DecorationRole])
+
+    # ------------------------------------------------------------------ Qt model
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._ids)
+
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        return (Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+                | Qt.ItemFlag.ItemIsDragEnabled)
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._ids):
+            return None
+        row = index.row()
+        item_id = self._ids[row]
+        if role == ItemIdRole:
+            return item_id
+        if role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole,
+                        Qt.ItemDataRole.DecorationRole, ItemRole, FavouriteRole, PathRole):
+            return None
+        item = self._item_for_row(row, request=True)
+        if role == ItemRole:
+            return item
+        if role == Qt.ItemDataRole.DisplayRole:
+            return "…" if item is None else short_prompt(item.prompt)
+        if item is None:
+            return self._loading_pixmap if role == Qt.ItemDataRole.DecorationRole else None
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return tooltip_for(item)
+        if role == FavouriteRole:
+            return item.favourite
+        if role == PathRole:
+            return str(item.path)
+        return self._decoration(item)
+
+    def mimeTypes(self) -> list[str]:
+        return ["text/uri-list", MIME_IDS]
+
+    def supportedDragActions(self) -> Qt.DropAction:
+        return Qt.DropAction.CopyAction
+
+    def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
+        ids: list[int] = []
+        for index in sorted(indexes, key=lambda i: i.row()):
+            item_id = self._ids[index.row()] if 0 <= index.row() < len(self._ids) else None
+            if item_id is not None and item_id not in ids:
+                ids.append(item_id)
+        # Items not fetched yet (select-all of a huge library) travel as ids only.
+        paths = [item.path for item in (self.item(i) for i in ids) if item is not None]
+        return ids_mime(ids, paths)
+
+    # ------------------------------------------------------------------ lazy items
+
+    def _item_for_row(self, row: int, *, request: bool) -> Item | None:
+        item_id = self._ids[row]
+        item = self._items.get(item_id)
+        if item is not None:
+            return item
+        if request:
+            self._request_page(row // self.page_size)
+        return self._stale.get(item_id)
+
+    def _request_page(self, page: int) -> None:
+        if page in self._pages:
+            return
+        self._pages.add(page)
+        wanted = [i for i in self._ids[page * self.page_size:(page + 1) * self.page_size]
+                  if i not in self._items]
+        if wanted:
+            self.controller.spawn(self._fetch(self._gen, wanted), what="loading the library")
+
+    async def _fetch(self, gen: int, ids: list[int]) -> None:
+        items = await self.controller.items_by_id(ids)
+        if not shiboken6.isValid(self):
+            return
+        self.fetched += len(items)
+        if gen != self._gen:
+            return  # fetched before a change: the rows ask again
+        rows = []
+        for item_id, item in items.items():
+            row = self._rows.get(item_id)
+            if row is None:
+                continue
+            self._items[item_id] = item
+            self._stale.pop(item_id, None)
+            rows.append(row)
+        if rows:
+            self._changed(min(rows), max(rows))
+        self.pageLoaded.emit()
+
+    def _decoration(self, item: Item) -> QPixmap:
+        pixmap = self._pixmaps.get(item.id)
+        if pixmap is not None:
+            self._pixmaps.move_to_end(item.id)
+            return pixmap
+        image = self.thumbnails.get(item.id, item.path, item.sha256)
+        if image is None:
+            return self._loading_pixmap
+        pixmap = self._scaled(image)
+        self._pixmaps[item.id] = pixmap
+        while len(self._pixmaps) > self._pixmap_limit:
+            self._pixmaps.popitem(last=False)
+        return pixmap
+
+    def _scaled(self, image: QImage) -> QPixmap:
+        side = max(1, round(self._icon_size * self._dpr))
+        if max(image.width(), image.height()) > side:
+            image = image.scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio,
+                                 Qt.TransformationMode.SmoothTransformation)
+        pixmap = QPixmap.fromImage(image)
+        pixmap.setDevicePixelRatio(self._dpr)
+        return pixmap
+
+    def _thumbnail_ready(self, item_id: int) -> None:
+        self._pixmaps.pop(item_id, None)
+        row = self._rows.get(item_id)
+        if row is not None:
+            self._changed(row, row, [Qt.ItemDataRole.DecorationRole])
+
+    def _changed(self, first: int, last: int, roles: Sequence[int] = ()) -> None:
+        self.dataChanged.emit(self.index(first, 0), self.index(last, 0), list(roles))
+
+    # ------------------------------------------------------------------ reloading
+
+    def set_filters(self, **filters: Any) -> None:
+        """Show the items matching ``filters`` (``controller.item_ids`` keywords)."""
+        clean = {k: v for k, v in filters.items() if v not in (None, "", False)}
+        if clean == self._filters and self.loaded_once:
+            return
+        self._filters = clean
+        self._timer.stop()
+        self._schedule(reset=True)
+
+    def reload(self) -> None:
+        """Re-read the ids (coalesces bursts of library changes into one query)."""
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _schedule(self, *, reset: bool) -> None:
+        self._want_reset = self._want_reset or reset
+        if self._loading:
+            self._again = True
+            return
+        self._loading = True
+        self.controller.spawn(self._run_reload(), what="loading the library")
+
+    async def _run_reload(self) -> None:
+        try:
+            while True:
+                self._again = False
+                reset, self._want_reset = self._want_reset, False
+                filters = dict(self._filters)
+                ids = await self.controller.item_ids(**filters)
+                if not shiboken6.isValid(self):
+                    return
+                if filters != self._filters:  # an answer for filters no longer shown
+                    self._want_reset = True
+                    continue
+                self._apply(ids, reset=reset)
+                if not self._again:  # else the library changed meanwhile: read it again
+                    return
+        finally:
+            if shiboken6.isValid(self):
+                self._loading = False
+
+    def _apply(self, ids: list[int], *, reset: bool) -> None:
+        self._gen += 1
+        self._stale.update(self._items)
+        self._items = {}
+        self._pages.clear()
+        keep = set(ids)
+        if not reset and not self._patch(ids, keep):
+            reset = True
+        if reset:
+            self.beginResetModel()
+            self._ids = list(ids)
+            self._reindex()
+            self.endResetModel()
+        self._stale = {k: v for k, v in self._stale.items() if k in keep}
+        if self._ids and not reset:
+            self._changed(0, len(self._ids) - 1)  # rows refetch their (maybe changed) items
+        self.loaded_once = True
+        self.countChanged.emit(len(self._ids))
+        self.reloaded.emit()
+
+    def _patch(self, new: list[int], new_set: set[int]) -> bool:
+        """Turn the current rows into ``new`` by removals and insertions; False if the
+        surviving rows changed order (or the change is too scattered): reset instead."""
+        old = self._ids
+        old_set = set(old)
+        if [i for i in old if i in new_set] != [i for i in new if i in old_set]:
+            return False
+        removed = [r for r, i in enumerate(old) if i not in new_set]
+        runs: list[tuple[int, int]] = []
+        for r in removed:
+            if runs and runs[-1][1] == r - 1:
+                runs[-1] = (runs[-1][0], r)
+            else:
+                runs.append((r, r))
+        if len(runs) > 64:
+            return False
+        for first, last in reversed(runs):
+            self.beginRemoveRows(QModelIndex(), first, last)
+            del self._ids[first:last + 1]
+            self.endRemoveRows()
+        pos = j = 0
+        while j < len(new):
+            if pos < len(self._ids) and self._ids[pos] == new[j]:
+                pos += 1
+                j += 1
+                continue
+            k = j
+            while k < len(new) and new[k] not in old_set:
+                k += 1
+            self.beginInsertRows(QModelIndex(), pos, pos + k - j - 1)
+            self._ids[pos:pos] = new[j:k]
+            self._reindex()
+            self.endInsertRows()
+            pos += k - j
+            j = k
+        self._reindex()
+        return True
+
+    def _reindex(self) -> None:
+        self._rows = {item_id: row for row, item_id in enumerate(self._ids)}
+
+
+class _ThumbDelegate(QStyledItemDelegate):
+    """Paints a cell: the thumbnail centred in a square, a star, one line of prompt."""
+
+    def __init__(self, icon_size: int, padding: int, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.icon_size = icon_size
+        self.padding = padding
+
+    def cell_size(self) -> QSize:
+        text_h = QFontMetrics(QApplication.font()).height()
+        return QSize(self.icon_size + 2 * self.padding,
+                     self.icon_size + text_h + 3 * self.padding)
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: Index) -> QSize:
+        return self.cell_size()
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        widget = option.widget
+        style = widget.style() if widget is not None else QApplication.style()
+        style.drawPrimitive(QStyle.PrimitiveElement.PE_PanelItemViewItem, option, painter,
+                            widget)
+        rect: QRect = option.rect
+        pad = self.padding
+        square = QRect(rect.left() + pad, rect.top() + pad, self.icon_size, self.icon_size)
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        pixmap = index.data(Qt.ItemDataRole.DecorationRole)
+        if isinstance(pixmap, QPixmap) and not pixmap.isNull():
+            size = pixmap.deviceIndependentSize().toSize().scaled(
+                square.size(), Qt.AspectRatioMode.KeepAspectRatio)
+            target = QRect(QPoint(0, 0), size)
+            target.moveCenter(square.center())
+            painter.drawPixmap(target, pixmap)
+        if index.data(FavouriteRole):
+            painter.setPen(QColor(240, 190, 40))
+            painter.drawText(square.adjusted(4, 2, -4, 0),
+                             Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop, "★")
+        state = option.state
+        selected = bool(state & QStyle.StateFlag.State_Selected)
+        palette: QPalette = option.palette
+        painter.setPen(palette.color(
+            QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text))
+        text_rect = QRect(rect.left() + pad, square.bottom() + pad,
+                          rect.width() - 2 * pad, rect.bottom() - square.bottom() - pad)
+        text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        metrics = painter.fontMetrics()
+        painter.drawText(text_rect, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
+                         metrics.elidedText(text, Qt.TextElideMode.ElideRight,
+                                            text_rect.width()))
+        painter.restore()
+
+
+class LibraryView(QWidget):
+    """Search, filters and the grid; forwards actions to the controller."""
+
+    itemActivated = Signal(int)  # open this item (in the viewer)
+    countChanged = Signal(int)  # how many images the grid shows
+    exportFinished = Signal(list)  # paths written by an export
+
+    def __init__(
+        self,
+        controller: Controller,
+        thumbnails: ThumbnailCache | None = None,
+        parent: QWidget | None = None,
+        *,
+        icon_size: int = 160,
+        page_size: int = 120,
+    ) -> None:
+        super().__init__(parent)
+        self.controller = controller
+        if thumbnails is None:
+            thumbnails = ThumbnailCache(controller.library.paths.thumbnails, parent=self)
+        self.thumbnails = thumbnails
+        self.model = LibraryModel(controller, thumbnails, self, page_size=page_size,
+                                  icon_size=icon_size)
+
+        # --- search and filters
+        self.search = QLineEdit(placeholderText="Search prompts…")
+        self.search.setClearButtonEnabled(True)
+        self.provider_combo = QComboBox()
+        self.provider_combo.addItem("All providers", None)
+        for pid, caps in PROVIDERS.items():
+            self.provider_combo.addItem(caps.label, pid)
+        self.model_combo = QComboBox()
+        self._fill_models()
+        self.date_combo = QComboBox()
+        for label, days in DATE_CHOICES:
+            self.date_combo.addItem(label, days)
+        self.favourites_check = QCheckBox("Favourites only")
+        self.count_label = QLabel("")
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(200)
+        self._debounce.timeout.connect(self.apply_filters)
+        self.search.textChanged.connect(lambda _t: self._debounce.start())
+        self.search.returnPressed.connect(self.apply_filters)
+        self.provider_combo.currentIndexChanged.connect(self._provider_changed)
+        self.model_combo.currentIndexChanged.connect(lambda _i: self.apply_filters())
+        self.date_combo.currentIndexChanged.connect(lambda _i: self.apply_filters())
+        self.favourites_check.toggled.connect(lambda _b: self.apply_filters())
+
+        # --- the grid
+        padding = 8
+        self.delegate = _ThumbDelegate(icon_size, padding, self)
+        self.list = QListView()
+        self.list.setViewMode(QListView.ViewMode.IconMode)
+        self.list.setMovement(QListView.Movement.Static)
+        self.list.setResizeMode(QListView.ResizeMode.Adjust)
+        self.list.setFlow(QListView.Flow.LeftToRight)
+        self.list.setWrapping(True)
+        self.list.setUniformItemSizes(True)
+        self.list.setLayoutMode(QListView.LayoutMode.Batched)
+        self.list.setBatchSize(200)
+        self.list.setIconSize(QSize(icon_size, icon_size))
+        cell = self.delegate.cell_size()
+        self.list.setGridSize(QSize(cell.width() + 6, cell.height() + 6))
+        self.list.setItemDelegate(self.delegate)
+        self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.list.setDragEnabled(True)
+        self.list.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
+        self.list.setDefaultDropAction(Qt.DropAction.CopyAction)
+        self.list.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.list.setModel(self.model)
+        self.model.set_icon_size(icon_size, self.devicePixelRatioF())
+        self.list.activated.connect(self._activated)
+
+        self.empty_label = QLabel(EMPTY_TEXT)
+        self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_label.setWordWrap(True)
+        self.empty_label.setEnabled(False)  # drawn in the palette's disabled (soft) colour
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.list)
+        self.stack.addWidget(self.empty_label)
+
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setTextVisible(True)
+        self.progress.hide()
+
+        # --- actions: shortcuts only where the grid has focus (Del in the search field
+        # deletes text, not images)
+        self.open_action = self._action("Open", self.open_current)
+        self.delete_action = self._action("Delete", self.delete_selected,
+                                          QKeySequence(QKeySequence.StandardKey.Delete))
+        self.export_action = self._action("Export…", self.export_selected,
+                                          QKeySequence("Ctrl+Shift+E"))
+        self.reference_action = self._action("Use as reference", self.use_as_reference,
+                                             QKeySequence("Ctrl+R"))
+        self.favourite_action = self._action("Favourite", self.toggle_favourite,
+                                             QKeySequence("Ctrl+D"))
+
+        filters = QHBoxLayout()  # search on its own row: the panel can be narrow
+        filters.addWidget(self.search, 1)
+        filter_row = QHBoxLayout()
+        filter_row.addWidget(self.provider_combo, 1)
+        filter_row.addWidget(self.model_combo, 1)
+        filter_row.addWidget(self.date_combo, 1)
+        filter_row.addWidget(self.favourites_check)
+        status = QHBoxLayout()
+        status.addWidget(self.count_label)
+        status.addStretch(1)
+        status.addWidget(self.progress)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(filters)
+        layout.addLayout(filter_row)
+        layout.addWidget(self.stack, 1)
+        layout.addLayout(status)
+
+        self._restore: tuple[list[int], int | None] | None = None
+        self.model.modelAboutToBeReset.connect(self._remember_position)
+        self.model.modelReset.connect(self._restore_position)
+        self.model.countChanged.connect(self._count_changed)
+        self.list.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
+        controller.libraryChanged.connect(self.model.reload)
+        controller.itemsAdded.connect(lambda _ids: self.model.reload())
+        self._update_actions()
+        self.apply_filters()
+
+    def _action(self, text: str, slot: Callable[[], object],
+                shortcut: QKeySequence | None = None) -> QAction:
+        action = QAction(text, self.list)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+        action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        action.triggered.connect(lambda _checked=False: slot())
+        self.list.addAction(action)
+        return action
+
+    # ------------------------------------------------------------------ filters
+
+    def _fill_models(self) -> None:
+        provider = self.provider_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItem("All models", None)
+        seen: set[str] = set()
+        for pid, caps in PROVIDERS.items():
+            if provider not in (None, pid):
+                continue
+            for m in caps.models:
+                if m.model not in seen:
+                    seen.add(m.model)
+                    self.model_combo.addItem(m.label if provider else f"{m.label} ({pid})",
+                                             m.model)
+        self.model_combo.blockSignals(False)
+
+    def _provider_changed(self, _index: int) -> None:
+        self._fill_models()
+        self.apply_filters()
+
+    def filters(self) -> dict[str, Any]:
+        """The ``controller.item_ids`` keywords for the current search and filters."""
+        return {
+            "text": self.search.text().strip() or None,
+            "provider": self.provider_combo.currentData(),
+            "model": self.model_combo.currentData(),
+            "since": since_for(self.date_combo.currentData()),
+            "favourites": self.favourites_check.isChecked(),
+        }
+
+    def apply_filters(self) -> None:
+        self._debounce.stop()
+        self.model.set_filters(**self.filters())
+
+    # ------------------------------------------------------------------ state
+
+    def _count_changed(self, count: int) -> None:
+        self.count_label.setText("1 image" if count == 1 else f"{count:,} images")
+        if count == 0:
+            self.empty_label.setText(NO_MATCH_TEXT if self.model.filters() else EMPTY_TEXT)
+            self.stack.setCurrentWidget(self.empty_label)
+        else:
+            self.stack.setCurrentWidget(self.list)
+        self._update_actions()
+        self.countChanged.emit(count)
+
+    def focus_search(self) -> None:
+        self.search.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.search.selectAll()
+
+    def visible_ids(self) -> list[int]:
+        """The ids the grid shows (current search and filters), in display order."""
+        return self.model.ids()
+
+    def is_empty_state(self) -> bool:
+        return self.stack.currentWidget() is self.empty_label
+
+    def _remember_position(self) -> None:
+        top = self.list.indexAt(QPoint(self.list.gridSize().width() // 2,
+                                       self.list.gridSize().height() // 2))
+        anchor = self.model.data(top, ItemIdRole) if top.isValid() else None
+        self._restore = (self.selected_ids(), anchor)
+
+    def _restore_position(self) -> None:
+        if self._restore is None:
+            return
+        selected, anchor = self._restore
+        self._restore = None
+        self.select_ids(selected)
+        if anchor is not None:
+            index = self.model.index_of(anchor)
+            if index.isValid():
+                self.list.scrollTo(index, QAbstractItemView.ScrollHint.PositionAtTop)
+
+    def _update_actions(self) -> None:
+        has = bool(self.list.selectionModel().selectedIndexes())
+        for action in (self.open_action, self.delete_action, self.export_action,
+                       self.reference_action, self.favourite_action):
+            action.setEnabled(has)
+
+    def selected_ids(self) -> list[int]:
+        rows = sorted(i.row() for i in self.list.selectionModel().selectedIndexes())
+        ids = self.model.ids()
+        return [ids[r] for r in rows if 0 <= r < len(ids)]
+
+    def current_id(self) -> int | None:
+        index = self.list.currentIndex()
+        if index.isValid() and self.list.selectionModel().isSelected(index):
+            return int(self.model.data(index, ItemIdRole))
+        selected = self.selected_ids()
+        return selected[0] if selected else None
+
+    def select_ids(self, ids: Sequence[int]) -> None:
+        rows = sorted(r for r in (self.model.row_of(i) for i in ids) if r is not None)
+        selection = QItemSelection()
+        start = prev = None
+        for row in [*rows, None]:
+            if row is not None and prev is not None and row == prev + 1:
+                prev = row
+                continue
+            if start is not None and prev is not None:
+                selection.select(self.model.index(start, 0), self.model.index(prev, 0))
+            start = prev = row
+        flags = QItemSelectionModel.SelectionFlag.ClearAndSelect
+        self.list.selectionModel().select(selection, flags)
+        if rows:
+            self.list.selectionModel().setCurrentIndex(
+                self.model.index(rows[0], 0), QItemSelectionModel.SelectionFlag.NoUpdate)
+
+    # ------------------------------------------------------------------ actions
+
+    def _activated(self, index: QModelIndex) -> None:
+        if index.isValid():
+            self.itemActivated.emit(int(self.model.data(index, ItemIdRole)))
+
+    def open_current(self) -> None:
+        item_id = self.current_id()
+        if item_id is not None:
+            self.itemActivated.emit(item_id)
+
+    def delete_selected(self) -> None:
+        ids = self.selected_ids()
+        if ids:
+            self.controller.trash(ids)  # the main window's Ctrl+Z calls undo_trash
+
+    def use_as_reference(self) -> None:
+        item_id = self.current_id()
+        if item_id is None:
+            return
+        item = self.model.item(item_id)
+        if item is not None:
+            self.controller.useAsReference.emit(str(item.path))
+            return
+
+        async def fetch() -> None:
+            fetched = await self.controller.item(item_id)
+            self.controller.useAsReference.emit(str(fetched.path))
+
+        self.controller.spawn(fetch(), what="using the image as a reference")
+
+    def toggle_favourite(self) -> None:
+        ids = self.selected_ids()
+        if not ids:
+            return
+        items = [self.model.item(i) for i in ids]
+        make = not all(item is not None and item.favourite for item in items)
+        for item_id in ids:
+            self.controller.set_favourite(item_id, make)
+
+    def export_selected(self) -> QFileDialog | None:
+        """Ask for a folder without blocking (``open()``), then copy the originals."""
+        ids = self.selected_ids()
+        if not ids:
+            return None
+        dialog = QFileDialog(self, f"Export {len(ids)} image(s) to folder")
+        dialog.setFileMode(QFileDialog.FileMode.Directory)
+        dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptOpen)
+        dialog.fileSelected.connect(lambda folder: self.export_to(ids, Path(folder)))
+        dialog.finished.connect(lambda _r: dialog.deleteLater())
+        dialog.open()
+        return dialog
+
+    def export_to(self, ids: Sequence[int], folder: Path) -> asyncio.Task[list[Path]]:
+        """Copy the items' original files into ``folder`` in a thread, with progress."""
+        return self.controller.spawn(self._export(list(ids), folder), what="exporting images")
+
+    async def _export(self, ids: list[int], folder: Path) -> list[Path]:
+        items = await self.controller.items_by_id(ids)
+        ordered = [items[i] for i in ids if i in items]
+        alive = shiboken6.isValid
+        if alive(self):
+            self.progress.setRange(0, len(ordered))
+            self.progress.setValue(0)
+            self.progress.setFormat(f"Exporting %v of {len(ordered)}")
+            self.progress.show()
+        written: list[Path] = []
+        failed: list[str] = []
+        try:
+            for n, item in enumerate(ordered, 1):
+                try:
+                    written.append(await asyncio.to_thread(copy_into, item.path, folder))
+                except OSError as exc:
+                    failed.append(f"{item.path.name}: {exc.strerror or exc}")
+                if alive(self):
+                    self.progress.setValue(n)
+        finally:
+            if alive(self):
+                self.progress.hide()
+        if failed:
+            self.controller.error(
+                f"Exported {len(written)} of {len(ordered)} image(s) to {folder}; "
+                f"failed: {'; '.join(failed[:3])}" + (" …" if len(failed) > 3 else ""))
+        else:
+            self.controller.info(f"Exported {len(written)} image(s) to {folder}")
+        if alive(self):
+            self.exportFinished.emit([str(p) for p in written])
+        return written
+
+
+__all__ = [
+    "EMPTY_TEXT",
+    "MIME_IDS",
+    "FavouriteRole",
+    "ItemIdRole",
+    "ItemRole",
+    "LibraryModel",
+    "LibraryView",
+    "PathRole",
+    "copy_into",
+    "human_size",
+    "short_prompt",
+    "since_for",
+]
+
