@@ -91,6 +91,8 @@ class MainWindow(QMainWindow):
         self.split.setStretchFactor(0, 2)
         self.split.setStretchFactor(1, 3)
         self.split.setSizes([520, 840])
+        self.left.setSizes([430, 400])
+        self.right.setSizes([500, 340])
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 6, 6, 0)

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 
 from nbdesk.core.jobs import RETRYABLE, Job, JobState
 from nbdesk.ui.controller import Controller
-from nbdesk.ui.queue_model import COLUMNS, PROMPT, STATE, JobsModel
+from nbdesk.ui.queue_model import COLUMNS, PROMPT, PROVIDER, STATE, JobsModel
 
 
 class QueueView(QWidget):
@@ -42,6 +42,9 @@ class QueueView(QWidget):
         for col in range(len(COLUMNS)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(PROMPT, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(PROVIDER, QHeaderView.ResizeMode.Interactive)
+        header.resizeSection(PROVIDER, 160)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.table.customContextMenuRequested.connect(self._menu)
         self.table.doubleClicked.connect(self._activated)

@@ -618,11 +618,11 @@ class ImageViewer(QWidget):
         self.file_label.setText(f"{human_size(item.size)} · {item.format.upper()}")
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.completed_at))
         self.date_label.setText(when + ("  (in the trash)" if item.deleted_at else ""))
-        self.remote_label.setText(item.remote_id or "—")
+        _set_long(self.remote_label, item.remote_id or "—")
         self.parent_label.setText(
             f'<a href="item:{item.parent_item}">#{item.parent_item}</a>'
             if item.parent_item is not None else "—")
-        self.path_label.setText(str(item.path))
+        _set_long(self.path_label, str(item.path))
         self.favourite_action.setChecked(item.favourite)
         self.favourite_action.setText("★ Favourite" if item.favourite else "☆ Favourite")
         if self._current in self._ids:
@@ -778,3 +778,10 @@ class ImageViewer(QWidget):
 
 
 __all__ = ["ImageCanvas", "ImageViewer", "decode_for_display", "params_text"]
+
+
+def _set_long(label: QLabel, text: str, keep: int = 44) -> None:
+    """Show a long identifier shortened in the middle; the whole of it in the tooltip."""
+    shown = text if len(text) <= keep else f"{text[:keep // 2 - 1]}…{text[-(keep // 2):]}"
+    label.setText(shown)
+    label.setToolTip(text)

@@ -72,8 +72,8 @@ def test_loads_the_image_in_a_thread_and_shows_the_details(
     assert "PNG" in viewer.file_label.text() and "KB" in viewer.file_label.text()
     assert viewer.params_label.text() == "aspect 4:3 · resolution 2K · format png"
     assert viewer.cost_label.text() == "$0.040"
-    assert viewer.remote_label.text() == item.remote_id
-    assert viewer.path_label.text() == str(item.path)
+    assert viewer.remote_label.toolTip() == item.remote_id  # shown shortened
+    assert viewer.path_label.toolTip() == str(item.path)
     assert viewer.position_label.text() == "2 of 3"
 
 
