@@ -231,8 +231,8 @@ async def _wait_submitted(engine: Engine, ids: list[str]) -> list[Job]:
 async def _resume(args: argparse.Namespace, rt: Runtime) -> int:
     async with rt.engine(take_over=False, resume=False) as engine:
         # Every provider the unfinished jobs need must be usable (a key, a valid base URL)
-        # before any job is touched: the engine fails a job whose provider cannot be built,
-        # and a submitted (paid) job failed that way would be paid again by a retry.
+        # before any job is touched: otherwise resume would end with nothing done (jobs
+        # left "waiting for a key") instead of one clear exit-3 line naming the fix.
         waiting = await engine.db(rt.library.claimable, engine.owner)
         needed = {(j.provider, j.demo) for j in (rt.library.job(i) for i in waiting)}
         for provider, demo in sorted(needed):

@@ -32,6 +32,8 @@ from nbdesk.ui.queue_view import QueueView
 from nbdesk.ui.thumbnails import ThumbnailCache
 from nbdesk.ui.viewer import ImageViewer
 
+GRID_ICON = 160  # px (device independent) of a library thumbnail
+
 WELCOME = """
 <h2>Welcome to nbdesk</h2>
 <p>Generate and edit images with Google's Nano Banana models. Everything you make is kept
@@ -57,11 +59,14 @@ class MainWindow(QMainWindow):
         self._settings_dialog: QWidget | None = None
         self._total_spend = 0.0
 
-        self.thumbnails = ThumbnailCache(self.rt.paths.thumbnails)
+        # Thumbnails are decoded at the grid's display size in worker threads, so the
+        # GUI thread only wraps them (scaling them here cost most of a scroll's time).
+        self.thumbnails = ThumbnailCache(
+            self.rt.paths.thumbnails, size=round(GRID_ICON * self.devicePixelRatioF()))
         self.composer = Composer(controller)
         self.queue = QueueView(controller)
         self.viewer = ImageViewer(controller, self.thumbnails)
-        self.library = LibraryView(controller, self.thumbnails)
+        self.library = LibraryView(controller, self.thumbnails, icon_size=GRID_ICON)
         self.messages = MessageBar()
         self.welcome = QLabel(WELCOME)
         self.welcome.setWordWrap(True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -146,6 +147,7 @@ class _Load(QRunnable):
         self._args = (item_id, path, sha256, cache_dir, size)
 
     def run(self) -> None:
+        _background_priority()
         item_id, path, sha256, cache_dir, size = self._args
         try:
             image = load_thumbnail(path, sha256, cache_dir, size)
@@ -165,7 +167,7 @@ class ThumbnailCache(QObject):
         self,
         cache_dir: Path,
         size: int = 256,
-        memory_items: int = 2000,
+        memory_items: int = 500,
         parent: QObject | None = None,
         *,
         backlog: int = DEFAULT_BACKLOG,
@@ -179,7 +181,8 @@ class ThumbnailCache(QObject):
         # The pool first: children are destroyed in creation order, so the pool waits
         # for its workers while the relay they emit on still exists.
         self._pool = QThreadPool(self)
-        self._pool.setMaxThreadCount(threads or os.cpu_count() or 2)
+        # Leave one core to the GUI thread: decoding must never slow scrolling down.
+        self._pool.setMaxThreadCount(threads or max(1, (os.cpu_count() or 2) - 1))
         self._relay = _Relay(self)
         self._relay.done.connect(self._on_done, Qt.ConnectionType.QueuedConnection)
         self._memory: OrderedDict[int, tuple[str, QImage]] = OrderedDict()
@@ -281,3 +284,17 @@ class ThumbnailCache(QObject):
             self._broken.discard(old)
         self._pump()
         self.ready.emit(item_id)
+
+
+_lowered: set[int] = set()
+
+
+def _background_priority() -> None:
+    """Run this worker thread at a lower OS priority than the GUI thread (Linux and other
+    systems where a thread id can be reniced; elsewhere nothing changes)."""
+    tid = threading.get_native_id()
+    if tid in _lowered or not hasattr(os, "setpriority"):
+        return
+    _lowered.add(tid)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, 10)

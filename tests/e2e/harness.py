@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +116,11 @@ class Cli:
     def _argv(self, args: tuple[str, ...]) -> list[str]:
         return [sys.executable, "-m", "nbdesk", *args]
 
-    def run(self, *args: str, timeout: float = 60.0) -> Result:
-        """Run ``nbdesk ARGS`` to the end."""
+    def run(self, *args: str, timeout: float = 60.0, unset: Sequence[str] = ()) -> Result:
+        """Run ``nbdesk ARGS`` to the end (without the variables named in ``unset``)."""
+        env = {k: v for k, v in self.env.items() if k not in unset}
         done = subprocess.run(
-            self._argv(args), env=self.env, cwd=REPO, capture_output=True,
+            self._argv(args), env=env, cwd=REPO, capture_output=True,
             timeout=timeout, stdin=subprocess.DEVNULL, check=False,
         )
         return Result(

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
 from keyring.backends import fail
 
 from nbdesk.core.jobs import JobState
@@ -68,8 +67,8 @@ def test_retry_of_a_failed_download_asks_the_provider_for_a_fresh_link(
         retried = cli.run("retry", rec["id"], "--json")
 
     [again] = retried.records()
-    assert sim.stats.snapshot()["submits"]["apiframe"] == 1  # holds today: nothing repaid
-    assert again["status"] == "completed", retried.describe()  # fails today
+    assert sim.stats.snapshot()["submits"]["apiframe"] == 1  # nothing paid twice
+    assert again["status"] == "completed", retried.describe()
 
 
 def test_app_start_without_the_key_keeps_a_paid_job_resumable(
@@ -102,7 +101,7 @@ def test_app_start_without_the_key_keeps_a_paid_job_resumable(
     follow = (cli.run("retry", job.id) if job.state is JobState.FAILED
               else cli.run("resume"))
     assert cli.library.job(rec["id"]).state is JobState.COMPLETED, follow.describe()
-    assert sim.stats.snapshot()["submits"]["apiframe"] == 1  # fails today: paid twice
+    assert sim.stats.snapshot()["submits"]["apiframe"] == 1
 
 
 def test_cancelling_a_job_killed_mid_download_removes_its_partial_file(
@@ -124,7 +123,7 @@ def test_cancelling_a_job_killed_mid_download_removes_its_partial_file(
 
     assert cancelled.code == 0, cancelled.describe()
     assert cli.library.job(job.id).state is JobState.CANCELLED
-    assert cli.library.tmp_files() == []  # fails today
+    assert cli.library.tmp_files() == []
 
 
 def test_resume_removes_a_stale_reference_temp_file(make_cli: MakeCli) -> None:
@@ -137,7 +136,7 @@ def test_resume_removes_a_stale_reference_temp_file(make_cli: MakeCli) -> None:
     res = cli.run("resume", "--json")
 
     assert res.code == 0, res.describe()
-    assert cli.library.tmp_files() == []  # fails today
+    assert cli.library.tmp_files() == []
 
 
 def test_two_transient_download_errors_then_one_garbled_body_still_complete(
@@ -151,4 +150,4 @@ def test_two_transient_download_errors_then_one_garbled_body_still_complete(
 
     [rec] = gen.records()
     assert sim.stats.snapshot()["faults"]["malformed"] == 1
-    assert rec["status"] == "completed", gen.describe()  # fails today
+    assert rec["status"] == "completed", gen.describe()
