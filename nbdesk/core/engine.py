@@ -44,6 +44,7 @@ from nbdesk.api.http import RetryPolicy, download_to
 from nbdesk.api.images import ImageCheckError, prepare_reference, probe_file
 from nbdesk.api.validate import validate_request
 from nbdesk.core.connector import ConfigError, Connector
+from nbdesk.core.failpoints import failpoint
 from nbdesk.core.jobs import (
     REDOWNLOAD_KINDS,
     RETRYABLE,
@@ -345,6 +346,10 @@ class Engine:
             if job is None or not job.state.active:
                 return
             await self.db(self.library.clear_tmp, job_id)
+            if job.state is JobState.DOWNLOADING and job.result_urls:
+                # Links from an earlier run may have expired (or, in Demo, pointed at a
+                # simulator that died with it): ask the provider for fresh ones.
+                job = await self._update(job, result_urls=())
             async with self._sem(job.provider):
                 try:
                     provider = await self.connector.provider(job.provider, job.demo)
@@ -466,6 +471,7 @@ class Engine:
                 continue
             except ApiError as exc:
                 return await self._fail(job, exc.message, exc.kind)
+            failpoint("submit.sent")
             return await self._update(
                 job, state=JobState.SUBMITTED, remote_id=result.remote_id,
                 submitted_at=time.time(), note=None,

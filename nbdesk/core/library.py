@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbdesk.core.failpoints import failpoint
 from nbdesk.core.jobs import Job, JobSpec, JobState, RefRecord
 from nbdesk.core.paths import Paths
 
@@ -468,8 +469,10 @@ class Library:
         rel = self.image_rel_path(job, idx, ext)
         final = self.root / rel
         final.parent.mkdir(parents=True, exist_ok=True)
+        failpoint("download.written")
         os.replace(tmp, final)
         fsync_dir(final.parent)
+        failpoint("file.renamed")
         return StoredImage(idx, rel, sha256, size, width, height, fmt)
 
     def complete_job(
@@ -495,6 +498,7 @@ class Library:
                      (cost / len(images)) if cost is not None else None, job.remote_id,
                      job.parent_item, job.created_at, now),
                 )
+            failpoint("db.transaction")
             conn.execute(
                 "UPDATE jobs SET state = ?, cost = ?, progress = 100, error = NULL,"
                 " error_kind = NULL, note = NULL, finished_at = ?, updated_at = ?,"

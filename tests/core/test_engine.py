@@ -440,3 +440,23 @@ def test_job_ids_are_uuids(engine_env: EngineEnv) -> None:
 
 
 _ = Engine  # the type used by fixtures
+
+
+async def test_resumed_download_asks_for_fresh_links(engine_env: EngineEnv) -> None:
+    """Links stored by a dead process may be gone (expired; in Demo, its simulator)."""
+    engine = engine_env.engine()
+    try:
+        provider = await engine.connector.provider("apiframe")
+        from nbdesk.api.base import GenerationRequest
+        remote = await provider.submit(
+            GenerationRequest(model="nano-banana", prompt=FRAME.prompt), "stale-links")
+        dead = "http://127.0.0.1:9/files/gone/0.jpg"  # nothing listens on port 9
+        job_id = await _stage(engine_env, FRAME, state=JobState.DOWNLOADING,
+                              remote_id=remote.remote_id, result_urls=[dead])
+        resumed = await engine.start()
+        (job,) = await engine.wait(resumed)
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED, job.error
+    assert job.result_urls and job.result_urls[0].startswith(engine_env.sim.base_url)
+    assert engine_env.sim.stats.submits["apiframe"] == 1
