@@ -692,11 +692,17 @@ class ImageViewer(QWidget):
     def copy_image(self) -> None:
         if self._item is None:
             return
-        mime = QMimeData()
+        # Let the clipboard create its own QMimeData: one made in Python and handed over
+        # would be deleted by Qt after the interpreter is gone, crashing the app's exit
+        # (PySide 6.11). The URL goes onto the clipboard's own object.
+        clipboard = QGuiApplication.clipboard()
         if self._levels:
-            mime.setImageData(self._levels[0])
-        mime.setUrls([QUrl.fromLocalFile(str(self._item.path))])
-        QGuiApplication.clipboard().setMimeData(mime)
+            clipboard.setImage(self._levels[0])
+        else:
+            clipboard.setText(str(self._item.path))
+        data = clipboard.mimeData()
+        if data is not None:
+            data.setUrls([QUrl.fromLocalFile(str(self._item.path))])
         self.controller.info("Image copied")
 
     def copy_prompt(self) -> None:

@@ -32,11 +32,12 @@ def session_loop(qapp: Any) -> Iterator[qasync.QEventLoop]:
     loop = qasync.QEventLoop(qapp, already_running=True)
     executor = qasync.QThreadExecutor(4)
     loop.set_default_executor(executor)
-    asyncio.set_event_loop(loop)
+    # qasync registered it as the running loop; it is that only while a test uses it
+    # (`aloop`), so plain asyncio/anyio tests after a window test get their own loops.
+    asyncio.events._set_running_loop(None)
     yield loop
     # Close it as qasync closes a loop whose run_forever returned (no public API for
     # an "already running" loop), so that nothing of it is left for interpreter exit.
-    asyncio.events._set_running_loop(None)
     loop._after_run_forever()
     loop._QEventLoop__is_running = False
     loop.close()  # shuts the executor down too
@@ -46,6 +47,8 @@ def session_loop(qapp: Any) -> Iterator[qasync.QEventLoop]:
 @pytest.fixture
 def aloop(session_loop: qasync.QEventLoop, qtbot: QtBot) -> Iterator[qasync.QEventLoop]:
     """The session loop; tasks a test leaves behind are cancelled after it."""
+    asyncio.set_event_loop(session_loop)
+    asyncio.events._set_running_loop(session_loop)
     before = set(asyncio.all_tasks(session_loop))
     yield session_loop
     left = [t for t in asyncio.all_tasks(session_loop) if t not in before and not t.done()]
@@ -53,6 +56,8 @@ def aloop(session_loop: qasync.QEventLoop, qtbot: QtBot) -> Iterator[qasync.QEve
         task.cancel()
     if left:
         qtbot.waitUntil(lambda: all(t.done() for t in left), timeout=5000)
+    asyncio.events._set_running_loop(None)
+    asyncio.set_event_loop(None)
 
 
 class _Done(QObject):
