@@ -457,6 +457,7 @@ async def test_resumed_download_asks_for_fresh_links(engine_env: EngineEnv) -> N
         (job,) = await engine.wait(resumed)
     finally:
         await close_engine(engine)
+    assert resumed == [job_id]
     assert job.state is JobState.COMPLETED, job.error
     assert job.result_urls and job.result_urls[0].startswith(engine_env.sim.base_url)
     assert engine_env.sim.stats.submits["apiframe"] == 1
