@@ -32,6 +32,10 @@ def main(argv: Sequence[str] = ()) -> int:
     app.setApplicationName("nbdesk")
     app.setOrganizationName("nbdesk")
     app.setApplicationDisplayName("nbdesk")
+    # Closing the window ends run() below, which stops the engine in order; Qt must not
+    # quit on its own first (qasync would then run leftover callbacks with no running
+    # asyncio loop, in the middle of jobs).
+    app.setQuitOnLastWindowClosed(False)
     try:
         rt = Runtime.open()
     except LibraryError as exc:

@@ -179,12 +179,36 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
     )
 
 
+#: An API answer (not an image) larger than this is refused: no provider sends one.
+MAX_ANSWER_BYTES = 2 * 2**20
+
+
 async def send(
     client: httpx.AsyncClient, method: str, url: str, what: str, **kwargs: Any
 ) -> httpx.Response:
-    """One request; transport failures become TransientError (never a raw httpx error)."""
+    """One request; transport failures become TransientError (never a raw httpx error).
+
+    The answer is read with a size cap (MAX_ANSWER_BYTES): an endless or huge body is a
+    protocol error, not memory spent."""
     try:
-        return await client.request(method, url, **kwargs)
+        request = client.build_request(method, url, **kwargs)
+        response = await client.send(request, stream=True)
+        try:
+            body = bytearray()
+            async for block in response.aiter_raw():
+                body += block
+                if len(body) > MAX_ANSWER_BYTES:
+                    limit = _mib(MAX_ANSWER_BYTES)
+                    raise ProtocolError(
+                        f"{what}: the provider's answer is too large (over {limit}); refused",
+                        status=response.status_code,
+                    )
+        finally:
+            await response.aclose()
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=bytes(body),
+            request=request,
+        )
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise TransientError(
             f"{what}: cannot reach the provider ({_reason(exc)})", sent=False
@@ -280,17 +304,15 @@ async def download_to(
             declared = response.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                 raise ProtocolError(
-                    f"{what}: the image is {int(declared) / 1e6:.1f} MB, "
-                    f"over the {max_bytes / 1e6:.0f} MB limit"
+                    f"{what}: the image is {_mib(int(declared))}, "
+                    f"over the {_mib(max_bytes)} limit"
                 )
             ctype = response.headers.get("content-type", "")
             fh = await asyncio.to_thread(open, dest, "wb")
             async for block in response.aiter_raw(chunk):
                 size += len(block)
                 if size > max_bytes:
-                    raise ProtocolError(
-                        f"{what}: the image is over the {max_bytes / 1e6:.0f} MB limit"
-                    )
+                    raise ProtocolError(f"{what}: the image is over the {_mib(max_bytes)} limit")
                 digest.update(block)
                 await asyncio.to_thread(fh.write, block)
             await asyncio.to_thread(_sync_close, fh)
@@ -321,3 +343,7 @@ def _discard(fh: Any, dest: Path) -> None:
     if fh is not None:
         fh.close()
     dest.unlink(missing_ok=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"

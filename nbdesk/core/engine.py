@@ -46,7 +46,7 @@ from nbdesk.api.validate import validate_request
 from nbdesk.core.connector import ConfigError, Connector
 from nbdesk.core.failpoints import failpoint
 from nbdesk.core.jobs import (
-    REDOWNLOAD_KINDS,
+    CONTINUE_KINDS,
     RETRYABLE,
     Job,
     JobSpec,
@@ -246,9 +246,10 @@ class Engine:
         return jobs
 
     def _import_refs(self, sources: Sequence[str]) -> list[RefRecord]:
+        # Check every reference before copying any: a refused one leaves nothing behind.
+        checked = [(source, *prepare_reference(source)[1:]) for source in sources]
         records = []
-        for source in sources:
-            _ref, data, info = prepare_reference(source)
+        for source, data, info in checked:
             if data is None or info is None:
                 records.append(RefRecord(source=source, kind="url"))
                 continue
@@ -293,9 +294,10 @@ class Engine:
     async def retry(self, job_id: str) -> Job:
         """Run a failed, interrupted or cancelled job again.
 
-        A job that failed while storing or downloading its image downloads it again
-        (nothing is paid twice); any other retry is a new paid submission with a new
-        idempotency key.
+        A job the provider already accepted, which failed afterwards for a reason that
+        leaves the remote job usable (key refused while polling, timeout, download or
+        storage trouble), continues: polled with fresh links and downloaded, nothing paid
+        twice. Any other retry is a new paid submission with a new idempotency key.
         """
         job = await self.db(self.library.job, job_id)
         if job.state not in RETRYABLE:
@@ -307,9 +309,9 @@ class Engine:
         common: dict[str, Any] = dict(
             error=None, error_kind=None, note=None, finished_at=None, cancel_requested=False
         )
-        if job.error_kind in REDOWNLOAD_KINDS and job.remote_id:
-            # Paid already: download again, with fresh links (the old ones may be dead).
-            job = await self._update(claimed, state=JobState.DOWNLOADING, result_urls=(),
+        if job.error_kind in CONTINUE_KINDS and job.remote_id:
+            # Paid already: ask the provider again (fresh links; the old may be dead).
+            job = await self._update(claimed, state=JobState.SUBMITTED, result_urls=(),
                                      **common)
         else:
             job = await self._update(
@@ -372,6 +374,11 @@ class Engine:
         except LeaseLost:
             log.info("job %s was taken over by another process", job_id[:8])
         except Exception as exc:
+            if self._stopped:
+                # Shutting down: whatever broke, the job keeps its persisted state and
+                # the next start resumes it. Never fail a (maybe paid) job for that.
+                log.warning("job %s interrupted by shutdown: %r", job_id[:8], exc)
+                return
             log.exception("job %s failed with an internal error", job_id[:8])
             with contextlib.suppress(Exception):
                 job = await self.db(self.library.job, job_id)

@@ -40,8 +40,9 @@ FINISHED = frozenset(
 )
 RETRYABLE = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
 
-#: error kinds after which a retry downloads again instead of paying again
-REDOWNLOAD_KINDS = frozenset({"storage", "download"})
+#: failures that leave a paid remote job usable: a retry of a job that has a remote id
+#: and failed this way continues it (poll, download) instead of paying again
+CONTINUE_KINDS = frozenset({"storage", "download", "auth", "timeout", "config"})
 
 PARAMS_VERSION = 1
 
