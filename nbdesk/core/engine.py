@@ -79,6 +79,7 @@ class EngineConfig:
     max_protocol_errors: int = 10
     wait_cap: float = 30.0  # longest pause between tries while a provider is down
     blocked_retry: float = 60.0  # a paid job whose key is missing is tried again after this
+    stop_grace: float = 30.0  # how long stop() lets a non-idempotent submit finish
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -105,6 +106,8 @@ class Engine:
         self._stopped = False
         self._poll_errors: dict[str, int] = {}
         self._blocked: dict[str, float] = {}  # job id -> when to try again (no key yet)
+        # submits without an idempotency key now on the wire: stop() lets them land
+        self._unsafe_submits: dict[str, asyncio.Future[None]] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -180,6 +183,12 @@ class Engine:
         if self._stopped:
             return
         self._stopped = True
+        landing = [f for f in self._unsafe_submits.values() if not f.done()]
+        if landing:
+            # Cancelling these would lose an answer the provider bills anyway (APIFree
+            # has no idempotency key): let them finish and record their remote ids.
+            log.info("waiting for %d submit(s) in flight before stopping", len(landing))
+            await asyncio.wait(landing, timeout=self.config.stop_grace)
         tasks = [*self._bg, *self._tasks.values()]
         for task in tasks:
             task.cancel()
@@ -278,6 +287,7 @@ class Engine:
             self._emit(job)
             return job
         await self.db(self.library.clear_tmp, job_id)
+        await self.db(self.library.remove_unrecorded_images, claimed)
         job = await self._mark_cancelled(claimed)
         await self.db(self.library.release, self.owner, job_id)
         return job
@@ -458,6 +468,19 @@ class Engine:
         return job
 
     async def _submit(self, job: Job, provider: Provider, request: GenerationRequest) -> Job:
+        if provider.idempotent_submit:
+            return await self._submit_until_answered(job, provider, request)
+        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsafe_submits[job.id] = landed
+        try:
+            return await self._submit_until_answered(job, provider, request)
+        finally:
+            landed.set_result(None)
+            self._unsafe_submits.pop(job.id, None)
+
+    async def _submit_until_answered(
+        self, job: Job, provider: Provider, request: GenerationRequest
+    ) -> Job:
         deadline = time.monotonic() + self.config.job_timeout
         attempt = 0
         while True:

@@ -454,6 +454,19 @@ class Library:
         for stale in self.paths.tmp.glob(f"{job_id}-*.part"):
             stale.unlink(missing_ok=True)
 
+    def remove_unrecorded_images(self, job: Job) -> int:
+        """Delete image files at this job's names that no row records (a process died
+        between placing them and writing their rows, and the job is being cancelled)."""
+        recorded = {str(r["path"]) for r in self._query(
+            "SELECT path FROM items WHERE job_id = ?", (job.id,))}
+        folder = (self.root / self.image_rel_path(job, 0, "x")).parent
+        removed = 0
+        for path in folder.glob(f"*-{job.id[:8]}-*.*"):
+            if path.relative_to(self.root).as_posix() not in recorded:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def image_rel_path(self, job: Job, idx: int, ext: str) -> str:
         stamp = time.gmtime(job.created_at)
         return (
