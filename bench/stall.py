@@ -58,12 +58,13 @@ class StallSampler:
     """A watchdog thread: when the GUI thread has not ticked for ``threshold_ms``, record
     where it is (its Python stack). For finding what causes the longest stalls."""
 
-    def __init__(self, monitor: StallMonitor, threshold_ms: float = 25) -> None:
+    def __init__(self, monitor: StallMonitor, threshold_ms: float = 25, depth: int = 6) -> None:
         import threading
 
         self.monitor = monitor
         self.threshold = threshold_ms / 1000
         self.samples: dict[str, int] = {}
+        self.depth = depth
         self._gui = threading.get_ident()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -84,7 +85,7 @@ class StallSampler:
                 frame = sys._current_frames().get(self._gui)
                 if frame is None:
                     continue
-                stack = traceback.extract_stack(frame)[-6:]
+                stack = traceback.extract_stack(frame)[-self.depth:]
                 key = " <- ".join(f"{s.name}:{s.lineno}" for s in reversed(stack))
                 self.samples[key] = self.samples.get(key, 0) + 1
 

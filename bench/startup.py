@@ -1,0 +1,208 @@
+"""Scenario child: process start to the first paint of the main window; and, for a warm
+reopen, the window's show() to the first screen of the library grid fully drawn.
+
+``python -m bench.startup bare``: a bare PySide6 window (import, QMainWindow shown, first
+paint): the baseline. ``python -m bench.startup app [drawn]``: the real app
+(``nbdesk.app.main``, NBDESK_HOME from the environment) with a thin probe subclass of
+MainWindow; ``drawn`` waits until every visible grid cell shows its thumbnail.
+
+Times are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide on Linux), so the parent can
+subtract the moment it spawned this process. The child leaves with ``os._exit`` as soon as
+it has its answer: shutdown is not part of the measurement.
+"""
+
+from __future__ import annotations
+
+import time
+
+T_INTERP = time.monotonic()  # the interpreter is up and running this module
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def _done(result: dict[str, Any]) -> None:
+    result["interp_mono"] = T_INTERP
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def bare() -> None:
+    from PySide6.QtGui import QPaintEvent
+    from PySide6.QtWidgets import QApplication, QMainWindow
+
+    app = QApplication([sys.argv[0]])
+
+    class Window(QMainWindow):
+        def paintEvent(self, event: QPaintEvent) -> None:
+            _done({"paint_mono": time.monotonic()})
+
+    window = Window()
+    window.resize(1360, 860)  # the size the app's window opens at
+    window.show()
+    app.exec()
+
+
+def app(wait_drawn: bool, timeout: float = 20.0) -> None:
+    from PySide6.QtCore import QEvent, QObject, QPoint, QTimer
+    from PySide6.QtGui import QPaintEvent
+
+    import nbdesk.ui.main_window as mw
+    from nbdesk.app import main
+
+    marks: dict[str, Any] = {}
+
+    def all_visible_drawn(window: mw.MainWindow) -> int:
+        """How many grid cells are visible, if every one of them has its item and its
+        thumbnail (so this paint draws them all); 0 otherwise."""
+        grid = window.library.list
+        model = window.library.model
+        if model.rowCount() == 0 or not grid.isVisible():
+            return 0
+        vp = grid.viewport()
+        w, h = vp.width(), vp.height()
+        cell = grid.gridSize()
+        xs = [*range(1, w, max(1, cell.width() // 2)), w - 1]
+        ys = [*range(1, h, max(1, cell.height() // 2)), h - 1]
+        rows = {idx.row() for y in ys for x in xs
+                if (idx := grid.indexAt(QPoint(x, y))).isValid()}
+        for row in rows:
+            item = model.item_at(row)
+            if item is None or window.thumbnails.peek(item.id) is None:
+                return 0
+        return len(rows)
+
+    class ViewportProbe(QObject):
+        def __init__(self, window: mw.MainWindow) -> None:
+            super().__init__(window)
+            self.window = window
+
+        def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+            if event.type() == QEvent.Type.Paint and "drawn" not in marks:
+                marks["viewport_paints"] = marks.get("viewport_paints", 0) + 1
+                visible = all_visible_drawn(self.window)
+                if visible:
+                    marks["drawn"] = time.monotonic()
+                    marks["visible_cells"] = visible
+                    # after this paint event has been handled
+                    QTimer.singleShot(0, lambda: _done({**marks, "after": time.monotonic()}))
+            return False
+
+    class ProbeWindow(mw.MainWindow):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if wait_drawn:
+                self._probe = ViewportProbe(self)
+                self.library.list.viewport().installEventFilter(self._probe)
+                QTimer.singleShot(int(timeout * 1000),
+                                  lambda: _done({**marks, "timeout": True}))
+
+        def show(self) -> None:
+            marks["show"] = time.monotonic()
+            super().show()
+            marks["shown"] = time.monotonic()
+
+        def paintEvent(self, event: QPaintEvent) -> None:
+            if "paint" not in marks:
+                marks["paint"] = time.monotonic()
+                if not wait_drawn:
+                    _done({"paint_mono": marks["paint"], **marks})
+            super().paintEvent(event)
+
+    mw.MainWindow = ProbeWindow  # type: ignore[misc]  # main() imports it from here
+    main()
+
+
+def phases(t_spawn: float) -> None:
+    """For ``bench.probes startup-phases``: timestamps of the start-up phases."""
+    marks: dict[str, float] = {}
+
+    def mark(key: str) -> None:
+        marks.setdefault(key, time.monotonic())
+
+    mark("interpreter up")
+    import PySide6.QtWidgets  # noqa: F401
+
+    mark("import PySide6.QtWidgets")
+    import asyncio as _asyncio  # noqa: F401
+
+    import qasync  # noqa: F401
+
+    mark("import asyncio + qasync")
+    import httpx  # noqa: F401
+
+    mark("import httpx")
+    import keyring  # noqa: F401
+
+    mark("import keyring")
+    import nbdesk.sim  # noqa: F401
+
+    mark("import nbdesk.sim")
+    import nbdesk.core.runtime as rtm
+
+    mark("import rest of nbdesk.core")
+    import nbdesk.ui.main_window as mw
+
+    mark("import nbdesk.ui")
+    import nbdesk.api.http as http
+    import nbdesk.core.engine as eng
+    from nbdesk.app import main
+
+    orig_open = rtm.Runtime.open.__func__  # type: ignore[attr-defined]
+
+    def open_(cls: Any, *a: Any, **k: Any) -> Any:
+        mark("main(): QApplication")
+        r = orig_open(cls, *a, **k)
+        mark("Runtime.open")
+        return r
+
+    rtm.Runtime.open = classmethod(open_)  # type: ignore[method-assign,assignment]
+    orig_client = http.make_client
+
+    def make_client(*a: Any, **k: Any) -> Any:
+        mark("logging, crash handler, qasync loop")
+        r = orig_client(*a, **k)
+        mark("make_client (httpx.AsyncClient, SSL context)")
+        return r
+
+    rtm.make_client = make_client  # type: ignore[assignment]
+    orig_start = eng.Engine.start
+
+    async def start(self: Any, *a: Any, **k: Any) -> Any:
+        r = await orig_start(self, *a, **k)
+        mark("Engine.start")
+        return r
+
+    eng.Engine.start = start  # type: ignore[method-assign]
+
+    class Probe(mw.MainWindow):
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            mark("MainWindow.__init__")
+
+        def show(self) -> None:
+            super().show()
+            mark("show()")
+
+        def paintEvent(self, event: Any) -> None:
+            mark("first paint of the main window")
+            print(json.dumps({k: round((v - t_spawn) * 1000, 1) for k, v in marks.items()}))
+            sys.stdout.flush()
+            os._exit(0)
+
+    mw.MainWindow = Probe  # type: ignore[misc]
+    main()
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1] if len(sys.argv) > 1 else "bare"
+    if mode == "bare":
+        bare()
+    elif mode == "phases":
+        phases(float(sys.argv[2]))
+    else:
+        app(wait_drawn="drawn" in sys.argv[2:])
+    _done({"error": "the window was never painted"})
