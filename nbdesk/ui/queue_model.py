@@ -84,11 +84,12 @@ class JobsModel(QAbstractTableModel):
         self._reindex()
 
     def tick(self) -> None:
-        """Refresh the elapsed time of jobs still running."""
-        for row, job in enumerate(self._jobs):
-            if job.state.active:
-                ix = self.index(row, ELAPSED)
-                self.dataChanged.emit(ix, ix, [Qt.ItemDataRole.DisplayRole])
+        """Refresh the elapsed time of jobs still running: one change signal over their
+        span (one per row made the view re-measure every row per row: quadratic)."""
+        rows = [row for row, job in enumerate(self._jobs) if job.state.active]
+        if rows:
+            self.dataChanged.emit(self.index(rows[0], ELAPSED), self.index(rows[-1], ELAPSED),
+                                  [Qt.ItemDataRole.DisplayRole])
 
     # -------------------------------------------------------------- reading
 

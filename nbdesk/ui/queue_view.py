@@ -18,7 +18,16 @@ from PySide6.QtWidgets import (
 
 from nbdesk.core.jobs import RETRYABLE, Job, JobState
 from nbdesk.ui.controller import Controller
-from nbdesk.ui.queue_model import COLUMNS, PROMPT, PROVIDER, STATE, JobsModel
+from nbdesk.ui.queue_model import (
+    COLUMNS,
+    COST,
+    ELAPSED,
+    PROGRESS,
+    PROMPT,
+    PROVIDER,
+    STATE,
+    JobsModel,
+)
 
 
 class QueueView(QWidget):
@@ -44,6 +53,11 @@ class QueueView(QWidget):
         header.setSectionResizeMode(PROMPT, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(PROVIDER, QHeaderView.ResizeMode.Interactive)
         header.resizeSection(PROVIDER, 160)
+        # fixed widths for the columns that change every second: sizing them to their
+        # contents re-reads every row on each change
+        for col, width in ((STATE, 120), (ELAPSED, 80), (PROGRESS, 64), (COST, 64)):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
+            header.resizeSection(col, width)
         self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.table.customContextMenuRequested.connect(self._menu)

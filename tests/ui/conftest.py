@@ -4,6 +4,7 @@ a real runtime + engine + controller on a fresh NBDESK_HOME against the simulato
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 from collections.abc import Coroutine, Iterator
@@ -58,6 +59,9 @@ def aloop(session_loop: qasync.QEventLoop, qtbot: QtBot) -> Iterator[qasync.QEve
         qtbot.waitUntil(lambda: all(t.done() for t in left), timeout=5000)
     asyncio.events._set_running_loop(None)
     asyncio.set_event_loop(None)
+    # Collect this test's Qt objects here, on the GUI thread: left to a later collection
+    # they may be destroyed from a worker thread, which crashes Qt.
+    gc.collect()
 
 
 class _Done(QObject):
