@@ -1,6 +1,5 @@
-"""PARKED (not collected): its window tests leave Qt objects that later crash the run
-(segfault in the next test module). Rename back to test_secrets.py once fixed.
-"""
+# PARKED (not collected): its window tests leave Qt objects that later crash the run
+# (segfault in the next test module). Rename back to test_secrets.py once fixed.
 """Reliability: an API key never leaves the keychain (or the environment variable it came
 from), a hanging keychain never freezes the window, and keys only travel over TLS that is
 verified (plain http only to this computer).
