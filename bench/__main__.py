@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     chosen = [s for s in SCENARIOS if not only or s in only]
     t_all = time.perf_counter()
+    load_start = os.getloadavg()[0]
     OUT.mkdir(parents=True, exist_ok=True)
     log("building the data sets (cached under bench/out/)")
     datasets.build_all(set(chosen), log=log)
@@ -284,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     for name in chosen:
         reps = args.reps or REPS[name][1 if args.quick else 0]
-        log(f"{name}: {reps} repetition(s)")
+        load = os.getloadavg()[0]
+        log(f"{name}: {reps} repetition(s); load average {load:.1f}")
         t0 = time.perf_counter()
         try:
             scenario_rows, raw[name] = RUNNERS[name](reps)
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name} FAILED: {exc}\n{traceback.format_exc()}")
             continue
         raw[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        raw[name]["load_before"] = round(load, 2)
+        raw[name]["load_after"] = round(os.getloadavg()[0], 2)
         rows += scenario_rows
         for r in scenario_rows:
             log(f"  {r.measure}: {fmt_value(r)} ({r.baseline})")
@@ -303,13 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nnbdesk bench — {'quick' if args.quick else 'full'} run, "
           f"{time.perf_counter() - t_all:.0f} s; {info['cpu']}, {info['cores']} cores, "
           f"{info['ram_gb']} GB RAM; Python {info['python']}, PySide6 {info['pyside6']}, "
-          f"QT_QPA_PLATFORM={info['qt_platform'].split(':')[0]}\n")
+          f"QT_QPA_PLATFORM={info['qt_platform'].split(':')[0]}; load average "
+          f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (other "
+          f"processes on the machine move every figure)\n")
     print(text)
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (see bench/out/results.json)")
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if args.quick else "full",
         "seconds": round(time.perf_counter() - t_all, 1), "machine": info,
+        "load_average": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
         "table": [asdict(r) for r in rows], "scenarios": raw, "failed": failed,
     }
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
