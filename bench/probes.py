@@ -11,6 +11,8 @@
 * ``search``: the library's search SQL against newest-first by FTS5 rowid.
 * ``reopen-trace``: the warm reopen's timeline (ids query, page fetch, thumbnail loads).
 * ``thumb-overhead``: where ThumbnailCache spends its time beyond the decode.
+* ``thumb-renice``: ThumbnailCache vs raw decode while two other processes keep the cores
+  busy, with and without the workers' renice to +10.
 
 Run them headless (QT_QPA_PLATFORM=offscreen); they print plain text.
 """
@@ -407,6 +409,33 @@ def thumb_overhead(n: int = 600) -> None:
     app.quit()
 
 
+def thumb_renice(n: int = 500) -> None:
+    """ThumbnailCache vs raw decode while two other processes keep both cores busy, with
+    the workers' renice to +10 (as shipped) and without it."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for mode in ("renice", "no-renice", "renice", "no-renice"):
+            out = subprocess.run([sys.executable, "-m", "bench.probes", "_thumbs-child",
+                                  str(n), mode], cwd=ROOT, capture_output=True, text=True,
+                                 check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"2 busy processes, workers {mode:9s}: raw {r['raw_ips']:5.1f}/s, cache "
+                  f"{r['cache_ips']:5.1f}/s, cache/raw {r['ratio']:.2f}")
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+
+
+def _thumbs_child(n: int, mode: str) -> None:
+    import nbdesk.ui.thumbnails as th
+    from bench.thumbs import run
+
+    if mode == "no-renice":
+        th._background_priority = lambda: None
+    print(json.dumps(run(n, "raw")))
+
+
 PROBES: dict[str, Callable[[], None]] = {
     "startup-phases": startup_phases,
     "queue-tick": queue_tick,
@@ -414,12 +443,15 @@ PROBES: dict[str, Callable[[], None]] = {
     "search": search,
     "reopen-trace": reopen_trace,
     "thumb-overhead": thumb_overhead,
+    "thumb-renice": thumb_renice,
 }
 
 if __name__ == "__main__":
     name = sys.argv[1] if len(sys.argv) > 1 else ""
     if name == "_reopen-child":
         _reopen_child()
+    elif name == "_thumbs-child":
+        _thumbs_child(int(sys.argv[2]), sys.argv[3])
     elif name in PROBES:
         PROBES[name]()
     else:

@@ -17,8 +17,7 @@ loopback HTTP as it would to the real provider, and its CPU is not the app's.
 A run that has not finished the 200 jobs after CAP_S seconds is stopped and reported as
 it stands (``capped``); a watchdog thread reports even when the GUI thread never gets
 back to the event loop. ``--profile`` prints where the GUI thread was during stalls
-(``StallSampler``); ``--whatif`` applies the queue panel fix suggested in
-bench/FINDINGS.md in this process only, to measure it and what costs next.
+(``StallSampler``).
 """
 
 from __future__ import annotations
@@ -72,34 +71,7 @@ def fresh_home() -> Path:
     return home
 
 
-def apply_whatif(window: Any) -> None:
-    """``--whatif``: the queue panel's suggested fix, applied in this process only (to
-    measure what it buys and what costs next): fixed-width columns instead of
-    ResizeToContents, and one dataChanged per elapsed-time tick instead of one per row."""
-    from PySide6.QtCore import Qt
-    from PySide6.QtWidgets import QHeaderView
-
-    from nbdesk.ui.queue_model import COLUMNS, ELAPSED, PROMPT
-
-    view = window.queue
-    header = view.table.horizontalHeader()
-    for col in range(len(COLUMNS)):
-        if col != PROMPT:
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
-    model = view.model
-
-    def tick() -> None:
-        rows = [r for r, job in enumerate(model._jobs) if job.state.active]
-        if rows:
-            model.dataChanged.emit(model.index(rows[0], ELAPSED),
-                                   model.index(rows[-1], ELAPSED),
-                                   [Qt.ItemDataRole.DisplayRole])
-
-    view._ticker.timeout.disconnect()
-    view._ticker.timeout.connect(tick)
-
-
-async def window_run(base_url: str, profile: bool, whatif: bool) -> dict[str, Any]:
+async def window_run(base_url: str, profile: bool) -> dict[str, Any]:
     from bench.stall import StallMonitor, StallSampler, rss_mb
     from nbdesk.app import settle_heap
     from nbdesk.core.jobs import JobParams, JobSpec, JobState
@@ -121,8 +93,6 @@ async def window_run(base_url: str, profile: bool, whatif: bool) -> dict[str, An
         async with rt.engine(take_over=False, resume=False) as engine:
             controller = Controller(rt, engine)
             window = MainWindow(controller)
-            if whatif:
-                apply_whatif(window)
             window.resize(1440, 900)
             window.show()
             shown = asyncio.Event()
@@ -260,7 +230,7 @@ async def api_run(base_url: str) -> dict[str, Any]:
             "api_completed": ok}
 
 
-def main(mode: str, profile: bool, whatif: bool) -> dict[str, Any]:
+def main(mode: str, profile: bool) -> dict[str, Any]:
     from bench.datasets import queue_pool
 
     sim = subprocess.Popen([sys.executable, "-m", "bench.simproc", str(queue_pool())],
@@ -282,8 +252,7 @@ def main(mode: str, profile: bool, whatif: bool) -> dict[str, Any]:
         loop = qasync.QEventLoop(app)
         asyncio.set_event_loop(loop)
         with loop:
-            result: dict[str, Any] = loop.run_until_complete(
-                window_run(base_url, profile, whatif))
+            result: dict[str, Any] = loop.run_until_complete(window_run(base_url, profile))
         return result
     finally:
         sim.terminate()
@@ -291,5 +260,4 @@ def main(mode: str, profile: bool, whatif: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    emit(main(sys.argv[1] if len(sys.argv) > 1 else "app", "--profile" in sys.argv,
-              "--whatif" in sys.argv))
+    emit(main(sys.argv[1] if len(sys.argv) > 1 else "app", "--profile" in sys.argv))
