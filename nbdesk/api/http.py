@@ -54,9 +54,15 @@ def make_client(timeout: float = 60.0, max_connections: int = 32) -> httpx.Async
 
 
 def check_base_url(url: str) -> str:
-    """A provider base URL must be https, or plain http on a loopback address only."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    """A provider base URL must be https, or plain http on a loopback address only; never
+    with credentials in it (they would travel with every request, and end up in logs)."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        raise ValueError(f"base URL {url!r} is not a valid URL") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a base URL must not contain a user name or password")
     if parts.scheme == "https" and host:
         return url.rstrip("/")
     if parts.scheme == "http" and host in LOOPBACK_HOSTS:

@@ -91,6 +91,11 @@ class Connector:
             return client
 
     async def _key(self, caps: ProviderCaps) -> str:
+        value = self._env.get(caps.env_key)
+        if value is not None and not value.strip():
+            raise ConfigError(
+                f"{caps.env_key} is set but empty: set it to your {caps.label} API key, or "
+                "unset it to use the key stored in the keychain")
         try:
             found = await self.secrets.alookup(caps.id)
         except KeychainError as exc:

@@ -41,7 +41,8 @@ from nbdesk.api.base import (
 )
 from nbdesk.api.capabilities import PROVIDERS
 from nbdesk.api.http import RetryPolicy, download_to
-from nbdesk.api.images import ImageCheckError, prepare_reference, probe_file
+from nbdesk.api.images import ImageCheckError, ImageInfo, prepare_reference, probe_file
+from nbdesk.api.refs import fetch_reference
 from nbdesk.api.validate import validate_request
 from nbdesk.core.connector import ConfigError, Connector
 from nbdesk.core.failpoints import failpoint
@@ -57,6 +58,9 @@ from nbdesk.core.library import LeaseLost, Library, StoredImage, make_owner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: A reference checked before a job is written: (source, "file" | "url", bytes, info);
+#: bytes and info are None for a URL until it is fetched.
+_CheckedRef = tuple[str, str, bytes | None, ImageInfo | None]
 
 INTERRUPTED_MESSAGE = (
     "the submit may or may not have reached {label} (the app stopped or the connection "
@@ -245,7 +249,14 @@ class Engine:
             raise InputError("the number of images must be at least 1")
         self.check(spec)
         await self.connector.provider(spec.provider, spec.demo)  # a key, a valid base URL
-        refs = await asyncio.to_thread(self._import_refs, spec.refs)
+        # Every reference is checked before any is copied: a refused one leaves nothing.
+        checked = await asyncio.to_thread(self._check_refs, spec.refs)
+        for n, (source, kind, data, info) in enumerate(checked):
+            if data is None or info is None:
+                # A URL: fetched and verified now rather than failing at the provider.
+                data, info = await fetch_reference(self.connector.http, source)
+                checked[n] = (source, kind, data, info)
+        refs = await asyncio.to_thread(self._import_refs, checked)
         jobs = await self.db(
             self.library.add_jobs, spec, refs, count, self.owner, self.config.lease_ttl
         )
@@ -254,17 +265,26 @@ class Engine:
             self._spawn(job.id)
         return jobs
 
-    def _import_refs(self, sources: Sequence[str]) -> list[RefRecord]:
-        # Check every reference before copying any: a refused one leaves nothing behind.
-        checked = [(source, *prepare_reference(source)[1:]) for source in sources]
+    @staticmethod
+    def _check_refs(sources: Sequence[str]) -> list[_CheckedRef]:
+        """Every reference checked (InputError for the first one refused): (source, kind,
+        the file's bytes and info), or (url, "url", None, None) for a URL."""
+        checked: list[_CheckedRef] = []
+        for source in sources:
+            _ref, data, info = prepare_reference(source)
+            checked.append((source, "url" if data is None else "file", data, info))
+        return checked
+
+    def _import_refs(self, checked: Sequence[_CheckedRef]) -> list[RefRecord]:
+        """Copy the checked references into the library; a URL's fetched bytes too (it
+        is still sent as the URL: the copy keeps the reference beside the image)."""
         records = []
-        for source, data, info in checked:
+        for source, kind, data, info in checked:
             if data is None or info is None:
-                records.append(RefRecord(source=source, kind="url"))
-                continue
+                raise ValueError(f"reference {source!r} was not fetched")
             rel, digest = self.library.import_ref(data, info.ext)
             records.append(RefRecord(
-                source=source, kind="file", path=rel, sha256=digest,
+                source=source, kind=kind, path=rel, sha256=digest,
                 width=info.width, height=info.height, mime=info.mime,
             ))
         return records

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import hashlib
 import io
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -85,27 +90,57 @@ async def test_files_are_stored_exactly_as_delivered(engine_env: EngineEnv) -> N
     assert max(item.width, item.height) == 2048
 
 
-async def test_local_reference_is_copied_and_sent(engine_env: EngineEnv, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def file_server(folder: Path) -> Iterator[str]:
+    """A loopback HTTP server for the files of ``folder``; yields its base URL."""
+    handler = functools.partial(QuietFiles, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_references_are_copied_and_sent(engine_env: EngineEnv, tmp_path: Path) -> None:
+    """A local file is copied into the library and sent from the copy; a URL is fetched
+    and checked first, kept as a copy, and sent as the URL (the provider fetches it)."""
     ref = tmp_path / "ref.png"
     data = write_png(ref)
-    spec = JobSpec(provider="apiframe", model="nano-banana", prompt="like this",
-                   refs=(str(ref), "https://example.com/b.jpg"))
-    engine = engine_env.engine()
-    try:
-        await engine.start()
-        (job,) = await engine.enqueue(spec)
-        ref.unlink()  # the library's copy is what gets sent
-        (job,) = await engine.wait([job.id])
-    finally:
-        await close_engine(engine)
+    served = tmp_path / "web"
+    served.mkdir()
+    web_data = write_png(served / "b.png", size=(48, 32))
+    with file_server(served) as base:
+        url = f"{base}/b.png"
+        spec = JobSpec(provider="apiframe", model="nano-banana", prompt="like this",
+                       refs=(str(ref), url))
+        engine = engine_env.engine()
+        try:
+            await engine.start()
+            (job,) = await engine.enqueue(spec)
+            ref.unlink()  # the library's copy is what gets sent
+            (job,) = await engine.wait([job.id])
+        finally:
+            await close_engine(engine)
     assert job.state is JobState.COMPLETED, job.error
     digest = hashlib.sha256(data).hexdigest()
     file_ref, url_ref = job.refs
     assert file_ref.kind == "file" and file_ref.sha256 == digest
     assert (engine_env.library.root / str(file_ref.path)).read_bytes() == data
-    assert url_ref.kind == "url" and url_ref.source == "https://example.com/b.jpg"
+    assert url_ref.kind == "url" and url_ref.source == url
+    assert (url_ref.width, url_ref.height, url_ref.mime) == (48, 32, "image/png")
+    assert (engine_env.library.root / str(url_ref.path)).read_bytes() == web_data
+    assert url_ref.sha256 == hashlib.sha256(web_data).hexdigest()
     record = engine_env.sim.stats.jobs[-1]
-    assert record.n_refs == 2 and record.ref_sha256s[0] == digest
+    assert record.n_refs == 2 and record.ref_sha256s == [digest, None]  # the URL as a URL
     (item,) = engine_env.library.items_for_job(job.id)
     assert item.refs == job.refs
 

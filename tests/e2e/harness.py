@@ -38,11 +38,19 @@ _SCRUBBED = frozenset({"HOME", "DBUS_SESSION_BUS_ADDRESS", "PYTHONWARNINGS"})
 FAST_SETTINGS: dict[str, Any] = {"version": 1, "poll_interval": 0.2}
 
 
+#: Every CLI result of this test process, for the reliability suite's leak scan (the key
+#: values the harness uses must never appear in any command's output).
+OUTPUTS: list[Result] = []
+
+
 @dataclass(frozen=True)
 class Result:
     code: int
     stdout: str
     stderr: str
+
+    def __post_init__(self) -> None:
+        OUTPUTS.append(self)
 
     def records(self) -> list[dict[str, Any]]:
         """The ``--json`` lines of stdout, parsed (every non-empty line must be JSON)."""

@@ -34,6 +34,7 @@ import json
 import os
 import random
 import re
+import socket
 import sqlite3
 import struct
 import threading
@@ -307,7 +308,7 @@ Run = Callable[[Bench], Awaitable[str]]
 
 # Layers, named once for the summary.
 VALIDATE = "engine.enqueue -> api/validate.validate_request"
-REFS = "engine.enqueue -> api/images.prepare_reference"
+REFS = "engine.enqueue -> api/images.prepare_reference, api/refs.fetch_reference"
 CONNECTOR = "CLI -> core/connector (key lookup, before any request)"
 KEYS_CLI = "CLI keys set -> core/secrets.validate_key (before the keychain)"
 AUTH = "provider client (HTTP 401 -> AuthError, never retried) -> engine marks the job failed"
@@ -334,6 +335,20 @@ def spec_case(name: str, spec: JobSpec, expect: str, count: int = 1) -> Case:
         return await b.refuse(spec, count)
 
     return Case(name, "input", VALIDATE, expect, run)
+
+
+def _served(b: Bench, answer: Answer) -> str:
+    """A reference URL on a loopback server that answers ``answer``."""
+    server = b.server()
+    server.answer("GET", "/photo", answer)
+    return f"{server.url}/photo"
+
+
+def _refused_url() -> str:
+    with socket.socket() as sock:  # a port that was free a moment ago: nobody listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/photo.png"
 
 
 def ref_case(name: str, make: Callable[[Bench], str], expect: str) -> Case:
@@ -422,7 +437,9 @@ def key_case(name: str, value: str) -> Case:
                                  env={"NBDESK_APIFRAME_API_KEY": value})
         return b.one_line(result, 3)
 
-    return Case(name, "input", CONNECTOR, "NBDESK_APIFRAME_API_KEY", run)
+    return Case(name, "input", CONNECTOR,
+                "NBDESK_APIFRAME_API_KEY is set but empty: set it to your Apiframe API key, "
+                "or unset it to use the key stored in the keychain", run)
 
 
 async def _keys_set_empty(b: Bench) -> str:
@@ -696,6 +713,16 @@ CASES: list[Case] = [
     ref_case("an http URL without a host", lambda b: "https:///cat.png", "has no host name"),
     ref_case("an http URL with spaces", lambda b: "https://example.com/my cat.png",
              "the URL contains spaces"),
+    ref_case("a URL that answers an HTML page", lambda b: _served(
+        b, Answer(200, b"<!doctype html><p>Log in to see this photo</p>", "text/html")),
+        "the address leads to a web page, not to an image"),
+    ref_case("a URL that answers 404", lambda b: _served(
+        b, Answer(404, b"<h1>Not Found</h1>", "text/html")),
+        "the server answered HTTP 404, so the provider could not fetch it either"),
+    ref_case("a URL that answers bytes that are no image", lambda b: _served(
+        b, Answer(200, b"GIF89a" + bytes(40), "image/gif")), "not an image"),
+    ref_case("a URL on a host that refuses connections", lambda b: _refused_url(),
+             "cannot fetch it"),
     # keys
     key_case("an empty key", ""),
     key_case("a whitespace key", "   "),
@@ -808,33 +835,6 @@ async def test_bad_input(case: Case, bench: Bench, report: ReliabilityReport,
     else:
         raise AssertionError(f"unknown kind {case.kind}")
     catalogue.append(f"{case.name}: {case.layer}")
-
-
-# --------------------------------------------------------------------------- not refused
-
-
-async def test_a_reference_url_that_answers_html_goes_to_the_provider_unchecked(
-    bench: Bench, report: ReliabilityReport, catalogue: list[str]
-) -> None:
-    """FINDING, documented rather than faked: no nbdesk layer refuses an http(s) reference
-    URL whose server answers an HTML page. Without fetching it, nbdesk can only check the
-    URL's form (http/https, a host, no spaces: api/images._check_url), and it never fetches
-    reference URLs: the provider does. So the URL is sent as given and the job is paid for;
-    only the provider can refuse it (the simulator, like a lenient provider, does not)."""
-    with report.lock:
-        report.bad_inputs += 1
-    page = bench.server()
-    page.answer("GET", "/photo", Answer(200, b"<!doctype html><p>Log in</p>", "text/html"))
-    url = f"{page.url}/photo"
-    bench.mark()
-    job = await bench.run_job(JobSpec("apiframe", "nano-banana", "edit this", refs=(url,)))
-    assert job.state is JobState.COMPLETED, job.error
-    assert page.hits["/photo"] == 0  # nbdesk never fetched it
-    record = bench.sim.stats.snapshot()["jobs"][-1]
-    assert record["n_refs"] == 1 and record["ref_sha256s"] == [None]  # sent as a URL
-    assert [r.source for r in job.refs] == [url]
-    catalogue.append("a reference URL that answers HTML: NOT REFUSED by nbdesk (sent as "
-                     "given; only the provider, which fetches it, can refuse it)")
 
 
 # --------------------------------------------------------------------------- findings

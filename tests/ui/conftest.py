@@ -79,6 +79,11 @@ def run_async(qtbot: QtBot, coro: Coroutine[Any, Any, T], timeout: int = 15_000)
     return task.result()
 
 
+#: The keys UiEnv's runtime uses (from its environment).
+UI_KEYS = {"NBDESK_APIFRAME_API_KEY": "ui-frame-key-0001",
+           "NBDESK_APIFREE_API_KEY": "ui-free-key-0002"}
+
+
 class UiEnv:
     def __init__(self, qtbot: QtBot, home: Path, sim: Simulator) -> None:
         self.qtbot = qtbot
@@ -89,8 +94,7 @@ class UiEnv:
             {"version": 1, "poll_interval": 0.2, "default_provider": "apiframe"}))
         self.env = {
             "NBDESK_HOME": str(home),
-            "NBDESK_APIFRAME_API_KEY": "ui-frame-key-0001",
-            "NBDESK_APIFREE_API_KEY": "ui-free-key-0002",
+            **UI_KEYS,
             "NBDESK_APIFRAME_BASE_URL": sim.base_url,
             "NBDESK_APIFREE_BASE_URL": sim.base_url,
         }
