@@ -20,7 +20,7 @@ SVG = ROOT / "resources" / "nbdesk.svg"
 PNG_DIR = ROOT / "resources" / "icons"
 SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
 ICO_SIZES = (16, 24, 32, 48, 64, 128, 256)  # the ICO format stops at 256
-ICNS_SIZES = (16, 32, 64, 128, 256, 512)
+ICNS_SIZES = (32, 64, 128, 256, 512, 1024)  # what Pillow's ICNS writer stores
 
 
 def png_name(size: int) -> str:
@@ -56,12 +56,15 @@ def render_pngs(svg: Path = SVG, out_dir: Path = PNG_DIR,
     return written
 
 
-def _images(png_dir: Path, sizes: Sequence[int]) -> list[object]:
+def _images(png_dir: Path, sizes: Sequence[int], extra_dir: Path | None = None) -> list[object]:
     from PIL import Image
 
     images = []
     for size in sizes:
-        with Image.open(png_dir / png_name(size)) as im:
+        path = png_dir / png_name(size)
+        if not path.is_file() and extra_dir is not None:
+            path = extra_dir / png_name(size)
+        with Image.open(path) as im:
             images.append(im.convert("RGBA"))
     return images
 
@@ -80,10 +83,12 @@ def write_ico(out: Path, png_dir: Path = PNG_DIR) -> Path:
 
 
 def write_icns(out: Path, png_dir: Path = PNG_DIR) -> Path:
-    """A macOS .icns (16-512 px)."""
+    """A macOS .icns (32-1024 px: 16-512 at 1x and 2x; the 1024 is rendered for it)."""
     from PIL import Image
 
-    images = _images(png_dir, ICNS_SIZES)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    render_pngs(out_dir=out.parent, sizes=[s for s in ICNS_SIZES if s not in SIZES])
+    images = _images(png_dir, ICNS_SIZES, extra_dir=out.parent)
     biggest = images[-1]
     assert isinstance(biggest, Image.Image)
     out.parent.mkdir(parents=True, exist_ok=True)
