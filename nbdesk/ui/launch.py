@@ -81,11 +81,11 @@ async def _open(window: MainWindow, args: list[str]) -> Opened:
 def window_ready(window: MainWindow, files: Sequence[str],
                  env: Mapping[str, str] | None = None) -> None:
     """Called by the app once its window is shown."""
-    if files:
-        open_files(window, files)
+    opening = open_files(window, files) if files else None
     environ = os.environ if env is None else env
     report = environ.get("NBDESK_SMOKE", "").strip()
     if report:
         from nbdesk.ui.smoke import start
 
-        start(window, Path(report))
+        start(window, Path(report), opening,
+              scenario=environ.get("NBDESK_SMOKE_SCENARIO", "demo"))

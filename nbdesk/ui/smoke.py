@@ -2,9 +2,12 @@
 
 With ``NBDESK_SMOKE=REPORT.json`` in its environment the app, once its window is shown,
 acts out a new user's first image: Demo provider, a prompt, Ctrl+Enter's action
-(``Composer.queue``); it waits for the image to be in the library and on the viewer,
-writes what it saw to ``REPORT.json`` and closes its window, the normal way to quit.
-No user sets that variable by accident; without it, nothing here is even imported.
+(``Composer.queue``), with the images it was asked to open, if any, as references; it
+waits for the image to be in the library and on the viewer, writes what it saw to
+``REPORT.json`` and closes its window, the normal way to quit. With
+``NBDESK_SMOKE_SCENARIO=start`` it writes the report (when the window was shown) and
+closes at once: for start-up times. No user sets those variables by accident; without
+them, nothing here is even imported.
 
 The report says where the app found its keychain and keys, which image formats Qt can
 read, and (frozen) whether any Python module was loaded from outside the bundle.
@@ -25,15 +28,18 @@ from PySide6.QtGui import QGuiApplication, QImageReader
 from nbdesk.api.capabilities import DEMO, PROVIDERS
 
 if TYPE_CHECKING:
+    from nbdesk.ui.launch import Opened
     from nbdesk.ui.main_window import MainWindow
 
 PROMPT = "smoke test: a ripe banana on a wooden desk"
 TIMEOUT = 120.0  # seconds for the image; the simulator takes a few
 
 
-def start(window: MainWindow, out: Path) -> asyncio.Task[None]:
-    shown = {"shown_mono": time.monotonic(), "shown_wall": time.time()}
-    return window.controller.spawn(_run(window, out, shown), what="the smoke test")
+def start(window: MainWindow, out: Path, opening: asyncio.Task[Opened] | None = None,
+          scenario: str = "demo") -> asyncio.Task[None]:
+    shown = {"shown_mono": time.monotonic(), "shown_wall": time.time(),
+             "scenario": scenario}
+    return window.controller.spawn(_run(window, out, shown, opening), what="the smoke test")
 
 
 def modules_outside_bundle() -> list[str] | None:
@@ -54,7 +60,8 @@ def modules_outside_bundle() -> list[str] | None:
     return sorted(outside)
 
 
-async def _run(window: MainWindow, out: Path, report: dict[str, Any]) -> None:
+async def _run(window: MainWindow, out: Path, report: dict[str, Any],
+               opening: asyncio.Task[Opened] | None) -> None:
     controller = window.controller
     report.update(ok=False, pid=os.getpid(), frozen=bool(getattr(sys, "frozen", False)),
                   platform=QGuiApplication.platformName(), executable=sys.executable)
@@ -69,7 +76,17 @@ async def _run(window: MainWindow, out: Path, report: dict[str, Any]) -> None:
     controller.itemsAdded.connect(on_items)
     window.viewer.imageLoaded.connect(lambda _id: loaded.set())
     try:
+        if report["scenario"] == "start":
+            report["ok"] = True
+            return
+        if report["scenario"] != "demo":
+            raise ValueError(f"unknown NBDESK_SMOKE_SCENARIO {report['scenario']!r}")
+        if opening is not None:
+            opened = await opening
+            report["opened"] = {"viewer": opened.viewer, "references": opened.references,
+                                "missing": opened.missing}
         composer = window.composer
+        report["tray"] = composer.tray.sources()
         if not composer.select_provider(DEMO):
             raise RuntimeError("the composer offers no Demo provider")
         composer.set_prompt(PROMPT)
@@ -85,7 +102,7 @@ async def _run(window: MainWindow, out: Path, report: dict[str, Any]) -> None:
         library_ids = await controller.item_ids()
         report["item"] = {"id": item.id, "path": str(item.path), "format": item.format,
                           "width": item.width, "height": item.height, "demo": item.demo,
-                          "prompt": item.prompt}
+                          "prompt": item.prompt, "refs": len(item.refs)}
         report["in_library"] = item.id in library_ids and item.path.is_file()
         window.open_item(item.id)
         await asyncio.wait_for(loaded.wait(), 30)
