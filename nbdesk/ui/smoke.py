@@ -77,6 +77,12 @@ async def _run(window: MainWindow, out: Path, report: dict[str, Any],
     window.viewer.imageLoaded.connect(lambda _id: loaded.set())
     try:
         if report["scenario"] == "start":
+            # Let the start-up work in flight (the keychain checks) end before quitting:
+            # a keychain thread still running at interpreter exit can abort the process
+            # ("FATAL: exception not rethrown"), which is not what this measures.
+            current = asyncio.current_task()
+            pending = [t for t in controller._tasks if t is not current]
+            await asyncio.gather(*pending, return_exceptions=True)
             report["ok"] = True
             return
         if report["scenario"] != "demo":
