@@ -39,9 +39,10 @@ def test_png_is_a_square_rgba_tile(size: int) -> None:
         assert any(min(c) > 230 for c in colours), "no white spark"
 
 
-def test_pngs_are_rendered_from_the_current_svg(tmp_path: Path) -> None:
+def test_pngs_are_rendered_from_the_current_svg(qapp: object, tmp_path: Path) -> None:
     """Re-render the SVG: the committed PNGs must match (run packaging/icons.py after
-    editing resources/nbdesk.svg)."""
+    editing resources/nbdesk.svg). (``qapp``: pytest-qt's application, which the
+    renderer then uses, rather than making a QGuiApplication the window tests can't use.)"""
     fresh = icons.render_pngs(out_dir=tmp_path, sizes=(16, 64, 256))
     for path in fresh:
         with Image.open(path) as new, Image.open(desktop.icon_png(new.width)) as old:
@@ -50,7 +51,7 @@ def test_pngs_are_rendered_from_the_current_svg(tmp_path: Path) -> None:
             assert max(diff.mean) < 1.0, f"{path.name} differs from the committed PNG"
 
 
-def test_ico_and_icns_hold_every_size(tmp_path: Path) -> None:
+def test_ico_and_icns_hold_every_size(qapp: object, tmp_path: Path) -> None:
     ico = icons.write_ico(tmp_path / "nbdesk.ico")
     with Image.open(ico) as im:
         assert im.format == "ICO"
