@@ -20,7 +20,8 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def main(argv: Sequence[str] = ()) -> int:
+def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
+    """``files``: image paths to open (the command line's, "Open with nbdesk")."""
     import qasync
     from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -45,9 +46,11 @@ def main(argv: Sequence[str] = ()) -> int:
 
     from nbdesk.ui.controller import Controller
     from nbdesk.ui.crash import CrashHandler
+    from nbdesk.ui.launch import apply_identity, window_ready
     from nbdesk.ui.main_window import MainWindow, apply_app_style
 
     apply_app_style(app)
+    apply_identity(app)
     crash = CrashHandler(rt.paths.log_dir)
     crash.install()
 
@@ -61,6 +64,7 @@ def main(argv: Sequence[str] = ()) -> int:
             window = MainWindow(Controller(rt, engine))
             window.closed.connect(closed.set)
             window.show()
+            window_ready(window, files)
             asyncio.get_running_loop().call_later(1.0, settle_heap)
             await closed.wait()
         # leaving the block stopped the engine: unfinished jobs resume on the next start

@@ -51,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("gui", help="open the desktop app (the default)")
+    gui = sub.add_parser("gui", help="open the desktop app (the default)")
+    gui.add_argument("files", nargs="*", metavar="IMAGE",
+                     help="images to open: a library image in the viewer, any other as a "
+                          "reference (also `nbdesk IMAGE...`)")
 
     g = sub.add_parser("generate", help="generate images and save them in the library")
     g.add_argument("prompt")
@@ -95,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     kd = ksub.add_parser("delete", help="remove a key")
     kd.add_argument("provider", choices=list(PROVIDERS))
     ksub.add_parser("list", help="which providers have a key, and where it comes from")
+
+    d = sub.add_parser("install-desktop",
+                       help="add nbdesk to this user's app menu, with its icon and "
+                            "\"Open with\" for images (Linux)")
+    d.add_argument("--exec", dest="exec_path", metavar="PATH",
+                   help="the program the launcher runs (default: this nbdesk)")
+    sub.add_parser("uninstall-desktop", help="remove what install-desktop added")
 
     sm = sub.add_parser("sim", help="run the loopback simulator of the provider APIs")
     sm.add_argument("--port", type=int, default=8765)
@@ -363,18 +373,43 @@ def _sim(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _gui(argv: Sequence[str]) -> int:
+def _gui(argv: Sequence[str], files: Sequence[str]) -> int:
     from nbdesk.app import main as app_main
 
-    return app_main(list(argv))
+    return app_main(list(argv), files=files)
+
+
+def _desktop(args: argparse.Namespace) -> int:
+    from nbdesk import desktop
+
+    if not sys.platform.startswith("linux"):
+        _fail("install-desktop is for Linux desktops; see the README for macOS and Windows",
+              EXIT_BAD_INPUT)
+    try:
+        if args.command == "uninstall-desktop":
+            removed = desktop.uninstall_desktop()
+            print(f"removed {len(removed)} files of the nbdesk launcher")
+            return EXIT_OK
+        command = [args.exec_path] if args.exec_path else desktop.launch_command()
+        done = desktop.install_desktop(command=command)
+    except OSError as exc:
+        _fail(f"cannot install the launcher: {exc}", EXIT_CONFIG)
+    print(desktop.describe(done, command))
+    return EXIT_OK
 
 
 def run(argv: Sequence[str]) -> int:
+    from nbdesk.desktop import looks_like_files
+
+    if looks_like_files(argv):  # `nbdesk photo.png`: how file managers open a file
+        argv = ["gui", *argv]
     parser = _parser()
     args = parser.parse_args(argv)
     command = args.command or "gui"
     if command == "gui":
-        return _gui(argv)
+        return _gui(argv, getattr(args, "files", []))
+    if command in ("install-desktop", "uninstall-desktop"):
+        return _desktop(args)
     if command == "sim":
         return _sim(args)
     rt = Runtime.open()

@@ -17,6 +17,23 @@ if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
 pytest_plugins = ["tests.keychain", "tests.helpers"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bundle", metavar="DIR", default=None,
+        help="smoke-test the built app in DIR (packaging/build.py makes dist/nbdesk); "
+             "without it the tests marked `bundle` are left out")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The bundle's smoke test needs a build (minutes): only with --bundle."""
+    if config.getoption("--bundle"):
+        return
+    skipped = [i for i in items if i.get_closest_marker("bundle")]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [i for i in items if not i.get_closest_marker("bundle")]
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests (``@pytest.mark.anyio``) run on asyncio, like the app (qasync)."""

@@ -24,7 +24,7 @@ def tool(name: str) -> str:
 
 
 def test_ruff() -> None:
-    result = run(tool("ruff"), "check", "nbdesk", "tests", "main.py")
+    result = run(tool("ruff"), "check", "nbdesk", "tests", "main.py", "packaging")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -548,6 +548,16 @@ class Library:
             raise KeyError(item_id)
         return self._item(rows[0])
 
+    def item_for_path(self, path: Path) -> Item | None:
+        """The library item (not in the trash) stored at ``path``, if any."""
+        try:
+            rel = path.resolve().relative_to(self.root.resolve())
+        except (OSError, ValueError):
+            return None
+        rows = self._query("SELECT * FROM items WHERE path = ? AND deleted_at IS NULL",
+                           (rel.as_posix(),))
+        return self._item(rows[0]) if rows else None
+
     def items(
         self,
         *,

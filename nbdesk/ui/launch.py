@@ -1,0 +1,91 @@
+"""What the app does around its window as it starts: its icon and desktop identity, and
+the image files it was asked to open ("Open with nbdesk", ``nbdesk gui FILE...``).
+
+A file that is an image of the library opens in the viewer; any other file goes to the
+composer's reference tray (checked there like a dropped file), ready for a prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtGui import QGuiApplication, QIcon
+
+from nbdesk.desktop import DESKTOP_NAME, ICON_SIZES, icon_png, local_path
+
+if TYPE_CHECKING:
+    from nbdesk.ui.main_window import MainWindow
+
+
+def app_icon() -> QIcon:
+    """The nbdesk icon, every rendered size (16-512 px): Qt picks the closest."""
+    icon = QIcon()
+    for size in ICON_SIZES:
+        path = icon_png(size)
+        if path.is_file():
+            icon.addFile(str(path))
+    return icon
+
+
+def apply_identity(app: QGuiApplication) -> None:
+    """Window and taskbar icon; the desktop file name lets Wayland/X11 docks match the
+    window to the installed launcher (and its icon)."""
+    app.setWindowIcon(app_icon())
+    app.setDesktopFileName(DESKTOP_NAME)
+
+
+@dataclass
+class Opened:
+    viewer: list[int] = field(default_factory=list)  # library item ids shown
+    references: list[str] = field(default_factory=list)  # paths offered to the tray
+    missing: list[str] = field(default_factory=list)  # arguments that are not files
+
+
+def open_files(window: MainWindow, args: Sequence[str]) -> asyncio.Task[Opened]:
+    """Open ``args`` (paths or file:// URLs) in the window; see the module docstring."""
+    return window.controller.spawn(_open(window, list(args)), what="opening the files")
+
+
+async def _open(window: MainWindow, args: list[str]) -> Opened:
+    controller = window.controller
+    done = Opened()
+    for arg in args:
+        path = local_path(arg)
+        if path is None or not path.is_file():
+            done.missing.append(arg)
+            continue
+        item = await controller.db(controller.library.item_for_path, path)
+        if item is not None:
+            done.viewer.append(item.id)
+        else:
+            done.references.append(str(path))
+    if done.viewer:
+        if len(done.viewer) == 1:
+            window.open_item(done.viewer[0])
+        else:
+            window.viewer.set_items(done.viewer, done.viewer[0])
+            window.viewer_stack.setCurrentIndex(1)
+    if done.references:
+        window.composer.focus_prompt()
+        await window.composer.tray.add_sources(done.references)
+    if done.missing:
+        controller.error("Cannot open " + ", ".join(done.missing) + ": not a file")
+    return done
+
+
+def window_ready(window: MainWindow, files: Sequence[str],
+                 env: Mapping[str, str] | None = None) -> None:
+    """Called by the app once its window is shown."""
+    opening = open_files(window, files) if files else None
+    environ = os.environ if env is None else env
+    report = environ.get("NBDESK_SMOKE", "").strip()
+    if report:
+        from nbdesk.ui.smoke import start
+
+        start(window, Path(report), opening,
+              scenario=environ.get("NBDESK_SMOKE_SCENARIO", "demo"))
