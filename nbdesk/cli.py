@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -376,7 +377,16 @@ def _sim(args: argparse.Namespace) -> int:
 def _gui(argv: Sequence[str], files: Sequence[str]) -> int:
     from nbdesk.app import main as app_main
 
-    return app_main(list(argv), files=files)
+    code = app_main(list(argv), files=files)
+    # The app has shut down in order: engine stopped, library closed, settings saved. Leave
+    # without the interpreter's teardown: a keychain call still hanging in its worker
+    # thread (a daemon, never joined, so that a dead keychain cannot keep the app from
+    # quitting) would be unwound inside Qt's C++ code by that teardown, which aborts the
+    # process ("FATAL: exception not rethrown", SIGABRT, seen in CI).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _desktop(args: argparse.Namespace) -> int:
