@@ -2,7 +2,7 @@
 
 import sys
 
-from nbdesk.cli import main
+from nbdesk.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or ["gui"]))
+    entry(sys.argv[1:] or ["gui"])

@@ -1,5 +1,3 @@
-import sys
+from nbdesk.cli import entry
 
-from nbdesk.cli import main
-
-sys.exit(main())
+entry()

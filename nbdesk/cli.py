@@ -377,16 +377,14 @@ def _sim(args: argparse.Namespace) -> int:
 def _gui(argv: Sequence[str], files: Sequence[str]) -> int:
     from nbdesk.app import main as app_main
 
+    global _left_the_app
     code = app_main(list(argv), files=files)
-    # The app has shut down in order: engine stopped, library closed, settings saved. Leave
-    # without the interpreter's teardown: a keychain call still hanging in its worker
-    # thread (a daemon, never joined, so that a dead keychain cannot keep the app from
-    # quitting) would be unwound inside Qt's C++ code by that teardown, which aborts the
-    # process ("FATAL: exception not rethrown", SIGABRT, seen in CI).
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    _left_the_app = True
+    return code
+
+
+#: Set once the desktop app has run and shut down (see ``entry``).
+_left_the_app = False
 
 
 def _desktop(args: argparse.Namespace) -> int:
@@ -474,3 +472,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def entry(argv: Sequence[str] | None = None) -> NoReturn:
+    """The process's entry point (the ``nbdesk`` script, ``python -m nbdesk``, main.py):
+    ``main``, then exit.
+
+    After the desktop app, which has shut down in order by then (engine stopped, library
+    closed, settings saved), the process leaves without the interpreter's teardown: a
+    keychain call still hanging in its worker thread (a daemon, never joined, so that a
+    dead keychain cannot keep the app from quitting) would be unwound inside Qt's C++
+    code by that teardown, which aborts the process ("FATAL: exception not rethrown",
+    SIGABRT, seen in CI)."""
+    code = main(argv)
+    if _left_the_app:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
