@@ -93,6 +93,8 @@ class UiEnv:
             "NBDESK_APIFREE_API_KEY": "ui-free-key-0002",
             "NBDESK_APIFRAME_BASE_URL": sim.base_url,
             "NBDESK_APIFREE_BASE_URL": sim.base_url,
+            "NBDESK_GEMINI_API_KEY": "ui-gemini-key-0003",
+            "NBDESK_GEMINI_BASE_URL": sim.base_url,
         }
         self.rt = Runtime.open(self.env)
         self.http = make_client(timeout=10.0)
