@@ -45,7 +45,7 @@ def validate_request(caps: ProviderCaps, request: GenerationRequest) -> ModelCap
                 f"(choose one of: {', '.join(model.formats)})"
             )
     if request.google_search and not model.search_grounding:
-        raise InputError(f"{model.label} on {caps.label} has no Google search grounding")
+        raise InputError(f"{model.label} on {caps.label} has no search grounding")
     if request.image_search and not model.image_search:
         raise InputError(f"{model.label} on {caps.label} has no image search")
     if request.with_text and not model.text_answers:

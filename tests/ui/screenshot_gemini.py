@@ -56,11 +56,19 @@ def main(out: Path) -> int:
                 JobParams(aspect_ratio="4:3", resolution="1K", with_text=True)))
             ids = [await asyncio.wait_for(arrived.get(), 60)]
             composer = window.composer
+            tray_changed = asyncio.Event()
+            composer.tray.changed.connect(tray_changed.set)
+
+            async def tray_settled() -> None:
+                """Until the references are checked (each check ends with a change)."""
+                while composer.tray.pending() or not composer.tray.sources():
+                    tray_changed.clear()
+                    await asyncio.wait_for(tray_changed.wait(), 30)
+
             for prompt in EDITS:  # the window's Edit action, as a user does it
                 item = await controller.item(ids[-1])
                 controller.editRequested.emit(item)
-                while composer.tray.pending() or not composer.tray.sources():
-                    await asyncio.sleep(0.05)
+                await tray_settled()
                 composer.with_text.setChecked(True)
                 composer.set_prompt(prompt)
                 task = composer.queue()
@@ -82,8 +90,7 @@ def main(out: Path) -> int:
                 if "edited into" in window.viewer.parent_label.text():
                     break
                 await asyncio.sleep(0.05)
-            while composer.tray.pending():
-                await asyncio.sleep(0.05)
+            await tray_settled()
             await asyncio.sleep(0.3)  # thumbnails of the tray and the references paint
             window.grab().save(str(out))
             composer.grab().save(str(out.with_name(out.stem + "-composer.png")))
