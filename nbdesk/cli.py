@@ -64,9 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--aspect-ratio", dest="aspect_ratio")
     g.add_argument("--resolution", choices=RESOLUTIONS)
     g.add_argument("--format", dest="output_format", choices=FORMATS)
-    g.add_argument("--google-search", action="store_true", help="Apiframe search grounding")
+    g.add_argument("--google-search", action="store_true",
+                   help="Google search grounding (Apiframe, Gemini's Nano Banana Pro)")
     g.add_argument("--image-search", action="store_true", help="Apiframe image search")
     g.add_argument("--cache-key", help="APIFree cache key")
+    g.add_argument("--with-text", action="store_true",
+                   help="Gemini: the answer may carry text beside the image")
+    g.add_argument("--edit", type=int, metavar="ITEM_ID",
+                   help="continue from a library image (its id: `nbdesk search --json`); "
+                        "with Gemini the edit keeps the conversation's context")
     g.add_argument("--ref", action="append", default=[], metavar="PATH_OR_URL",
                    help="reference image (repeatable)")
     g.add_argument("--count", type=int, default=1, help="number of images (one job each)")
@@ -107,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the program the launcher runs (default: this nbdesk)")
     sub.add_parser("uninstall-desktop", help="remove what install-desktop added")
 
-    sm = sub.add_parser("sim", help="run the loopback simulator of the provider APIs")
+    sm = sub.add_parser("sim", help="run the loopback simulator of the provider APIs "
+                                    "(Apiframe, APIFree, Gemini)")
     sm.add_argument("--port", type=int, default=8765)
     sm.add_argument("--fault-rate", type=float, default=0.0)
     sm.add_argument("--seed", type=int, default=0)
@@ -140,6 +147,8 @@ def item_json(item: Item) -> dict[str, Any]:
         "provider": item.provider, "model": item.model, "width": item.width,
         "height": item.height, "format": item.format, "cost": item.cost,
         "params": item.params, "created_at": item.created_at, "favourite": item.favourite,
+        "parent_item": item.parent_item, "signatures": len(item.signatures),
+        "text": item.answer_text or None,
     }
 
 
@@ -179,21 +188,38 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _spec(args: argparse.Namespace, rt: Runtime) -> JobSpec:
-    provider = args.provider or rt.settings.default_provider
+    parent: Item | None = None
+    if args.edit is not None:
+        try:
+            parent = rt.library.item(args.edit)
+        except KeyError:
+            _fail(f"there is no image #{args.edit} in the library (see `nbdesk search`)",
+                  EXIT_BAD_INPUT)
+        if parent.deleted_at is not None:
+            _fail(f"image #{args.edit} is in the trash; restore it to edit it", EXIT_BAD_INPUT)
+    provider = args.provider or (
+        (DEMO if parent.demo else parent.provider) if parent is not None else None
+    ) or rt.settings.default_provider
     demo = provider == DEMO
     if demo:
         provider = DEMO_PROVIDER
     caps = PROVIDERS.get(provider)
     if caps is None:
         _fail(f"unknown provider {provider!r}", EXIT_BAD_INPUT)
-    model = args.model or rt.settings.default_models.get(provider) or caps.default_model.model
+    same = parent is not None and parent.provider == provider and any(
+        m.model == parent.model for m in caps.models)
+    model = (args.model or (parent.model if same and parent else None)
+             or rt.settings.default_models.get(provider) or caps.default_model.model)
     params = JobParams(
         aspect_ratio=args.aspect_ratio, resolution=args.resolution,
         output_format=args.output_format, google_search=args.google_search,
-        image_search=args.image_search, cache_key=args.cache_key,
+        image_search=args.image_search, cache_key=args.cache_key, with_text=args.with_text,
     )
+    refs = tuple(args.ref)
+    if parent is not None:
+        refs = (str(parent.path), *refs)  # the edited image first, as the window does
     return JobSpec(provider=provider, model=model, prompt=args.prompt, params=params,
-                   refs=tuple(args.ref), demo=demo)
+                   refs=refs, demo=demo, parent_item=parent.id if parent else None)
 
 
 async def _generate(args: argparse.Namespace, rt: Runtime) -> int:
@@ -339,7 +365,12 @@ def _keys(args: argparse.Namespace, rt: Runtime) -> int:
         backend = store.backend_name()
         print(f"keychain: {backend}")
         for pid, caps in PROVIDERS.items():
-            found = store.lookup(pid)
+            try:
+                found = store.lookup(pid)
+            except KeychainError:
+                # Listing goes on: the other providers may have their key in the environment.
+                print(f"{pid:<10} not set (no {caps.env_key}, and the keychain cannot be read)")
+                continue
             where = {"env": f"from {caps.env_key}", "keychain": "in the keychain",
                      "none": "not set"}[found.source]
             print(f"{pid:<10} {where}")

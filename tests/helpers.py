@@ -87,6 +87,8 @@ class EngineEnv:
             "NBDESK_APIFREE_API_KEY": "free-test-key-456",
             "NBDESK_APIFRAME_BASE_URL": sim.base_url,
             "NBDESK_APIFREE_BASE_URL": sim.base_url,
+            "NBDESK_GEMINI_API_KEY": "gemini-test-key-789",
+            "NBDESK_GEMINI_BASE_URL": sim.base_url,
         }
         self.paths = Paths.resolve(self.env)
         self.library = Library(self.paths)

@@ -6,8 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from nbdesk.api.base import (
     GenerationRequest,
     PollResult,
@@ -17,7 +15,8 @@ from nbdesk.api.base import (
     TransientError,
 )
 from nbdesk.api.capabilities import APIFRAME
-from nbdesk.api.http import RetryPolicy, parse_json, raise_for_status, send, with_retries
+from nbdesk.api.http import parse_json, raise_for_status, send, with_retries
+from nbdesk.api.provider import HttpProvider
 from nbdesk.api.validate import validate_request
 
 _STATES = {
@@ -49,25 +48,13 @@ def result_urls(result: Any) -> tuple[str, ...]:
     return ()
 
 
-class ApiframeProvider:
+class ApiframeProvider(HttpProvider):
     id = "apiframe"
     idempotent_submit = True
     caps = APIFRAME
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        api_key: str,
-        base_url: str = APIFRAME.base_url,
-        policy: RetryPolicy | None = None,
-    ) -> None:
-        self._client = client
-        self._key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.policy = policy or RetryPolicy()
-
-    def _headers(self) -> dict[str, str]:
-        return {"X-API-Key": self._key, "Accept": "application/json"}
+    def auth_headers(self) -> dict[str, str]:
+        return {"X-API-Key": self._key}
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:
         """The JSON body, built from the capability table's field names."""

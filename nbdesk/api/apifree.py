@@ -28,7 +28,8 @@ from nbdesk.api.base import (
     UnansweredSubmitError,
 )
 from nbdesk.api.capabilities import APIFREE
-from nbdesk.api.http import RetryPolicy, parse_json, raise_for_status, send, with_retries
+from nbdesk.api.http import parse_json, raise_for_status, send, with_retries
+from nbdesk.api.provider import HttpProvider
 from nbdesk.api.validate import validate_request
 
 # The doc names the statuses two ways; both are accepted, unknown ones mean "running".
@@ -81,25 +82,13 @@ def unwrap(response: httpx.Response, what: str) -> Mapping[str, Any]:
     return resp
 
 
-class ApifreeProvider:
+class ApifreeProvider(HttpProvider):
     id = "apifree"
     idempotent_submit = False
     caps = APIFREE
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        api_key: str,
-        base_url: str = APIFREE.base_url,
-        policy: RetryPolicy | None = None,
-    ) -> None:
-        self._client = client
-        self._key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.policy = policy or RetryPolicy()
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._key}", "Accept": "application/json"}
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._key}"}
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:
         model = validate_request(self.caps, request)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 
 class ApiError(Exception):
@@ -94,6 +94,23 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One part of a conversation turn: text or an image, with the thought signature the
+    provider attached to it (sent back unchanged so an edit keeps the model's context)."""
+
+    text: str | None = None
+    image: Reference | None = None  # a data: URI (in a request)
+    image_index: int | None = None  # in an Answer's turn: stands for ``Answer.images[n]``
+    signature: str | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" | "model"
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     model: str
     prompt: str
@@ -104,6 +121,10 @@ class GenerationRequest:
     image_search: bool = False
     cache_key: str | None = None
     references: Sequence[Reference] = ()
+    with_text: bool = False  # the answer may carry text beside the image
+    #: earlier turns of the conversation this request continues (oldest first, pairs of
+    #: user and model turns); only for providers with conversational editing
+    history: Sequence[Turn] = ()
 
 
 @dataclass(frozen=True)
@@ -123,11 +144,35 @@ class PollResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AnswerImage:
+    """An image that came back inside a synchronous answer."""
+
+    mime: str
+    data: bytes
+    signature: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A synchronous provider's answer: the images, and the model's turn as it must be sent
+    back to continue from it (its parts' text and thought signatures; an image part has
+    ``image_index`` n, standing for ``images[n]``)."""
+
+    images: tuple[AnswerImage, ...]
+    turn: tuple[Part, ...] = ()
+    text: str | None = None
+    remote_id: str | None = None
+    cost: float | None = None
+
+
 class Provider(Protocol):
-    """One provider's wire protocol. Implementations share the app's one HTTP client."""
+    """One provider's wire protocol for remote jobs (submit, then poll).
+    Implementations share the app's one HTTP client."""
 
     id: str
     idempotent_submit: bool
+    synchronous: bool
 
     async def submit(self, request: GenerationRequest, idempotency_key: str) -> SubmitResult:
         """Create a paid job. Raises ApiError subclasses only."""
@@ -136,3 +181,24 @@ class Provider(Protocol):
     async def poll(self, remote_id: str) -> PollResult:
         """Read a job's state once. Raises ApiError subclasses only."""
         ...
+
+
+class SyncProvider(Protocol):
+    """A provider whose one call returns the image (no remote job, nothing to poll)."""
+
+    id: str
+    idempotent_submit: bool
+    synchronous: bool
+
+    async def generate(self, request: GenerationRequest) -> Answer:
+        """Make the image(s). Raises ApiError subclasses only: ProviderFailedError when the
+        model answered without an image, UnansweredSubmitError when the call may have been
+        billed but its answer was lost."""
+        ...
+
+
+AnyProvider = Provider | SyncProvider
+
+
+def is_sync(provider: AnyProvider) -> TypeGuard[SyncProvider]:
+    return provider.synchronous

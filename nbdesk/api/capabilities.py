@@ -31,8 +31,16 @@ class ModelCaps:
     max_refs: int = 0
     prompt_max: int = 2000
     prompt_min: int = 1
-    search_grounding: bool = False  # Apiframe google_search / image_search
+    search_grounding: bool = False  # Google Search grounding (Apiframe google_search, Gemini)
+    image_search: bool = False  # Apiframe image_search
     cache_key: bool = False  # APIFree cache_key
+    text_answers: bool = False  # may answer text beside the image, on request (Gemini)
+    url_refs: bool = True  # takes http(s) URLs as references (else local files only)
+    #: conversational editing: how many earlier (prompt, image) turns an edit sends back
+    history_turns: int = 0
+    #: estimated price per image by resolution (None: the model's only size), where the
+    #: provider reports no cost itself
+    price: dict[str | None, float] = field(default_factory=dict)
     # Wire field names, one place per provider (see the provider modules).
     fields: dict[str, str] = field(default_factory=dict)
 
@@ -48,6 +56,14 @@ class ProviderCaps:
     models: tuple[ModelCaps, ...]
     poll_interval: float = 2.0  # seconds, per the provider's docs
     max_download_bytes: int = 100 * 1024 * 1024
+    #: one call returns the image inline (no remote job to poll or download)
+    synchronous: bool = False
+    #: the largest API answer read (synchronous answers carry the images, base64)
+    max_answer_bytes: int = 2 * 2**20
+    #: the largest request body the provider takes (inline references), 0: no limit
+    max_request_bytes: int = 0
+    #: seconds one synchronous call may take before it counts as unanswered
+    call_timeout: float = 60.0
 
     def model(self, model_id: str) -> ModelCaps:
         for m in self.models:
@@ -84,21 +100,21 @@ APIFRAME = ProviderCaps(
             # The page advertises five ratios "including 1:1, 3:4, 4:3".
             aspect_ratios=("1:1", "3:4", "4:3", "9:16", "16:9"), default_ratio="1:1",
             formats=FORMATS, default_format="jpg", max_refs=3, prompt_max=2000,
-            search_grounding=True, fields=_APIFRAME_FIELDS,
+            search_grounding=True, image_search=True, fields=_APIFRAME_FIELDS,
         ),
         ModelCaps(
             provider="apiframe", model="nano-banana-pro", label="Nano Banana Pro",
             aspect_ratios=ALL_RATIOS, default_ratio="1:1",
             resolutions=RESOLUTIONS, default_resolution="1K",
             formats=FORMATS, default_format="jpg", max_refs=14, prompt_max=2000,
-            search_grounding=True, fields=_APIFRAME_FIELDS,
+            search_grounding=True, image_search=True, fields=_APIFRAME_FIELDS,
         ),
         ModelCaps(
             provider="apiframe", model="nano-banana-2", label="Nano Banana 2",
             aspect_ratios=ALL_RATIOS, default_ratio="1:1",
             resolutions=RESOLUTIONS, default_resolution="1K",
             formats=FORMATS, default_format="jpg", max_refs=14, prompt_max=2000,
-            search_grounding=True, fields=_APIFRAME_FIELDS,
+            search_grounding=True, image_search=True, fields=_APIFRAME_FIELDS,
         ),
     ),
 )
@@ -127,7 +143,49 @@ APIFREE = ProviderCaps(
     ),
 )
 
-PROVIDERS: dict[str, ProviderCaps] = {p.id: p for p in (APIFRAME, APIFREE)}
+_GEMINI_FIELDS = {
+    "config": "generationConfig",
+    "modalities": "responseModalities",
+    "image_config": "imageConfig",
+    "aspect_ratio": "aspectRatio",
+    "resolution": "imageSize",
+    "tools": "tools",
+    "google_search": "googleSearch",
+}
+
+GEMINI = ProviderCaps(
+    id="gemini",
+    label="Gemini",
+    base_url="https://generativelanguage.googleapis.com",
+    env_key="NBDESK_GEMINI_API_KEY",
+    env_base_url="NBDESK_GEMINI_BASE_URL",
+    idempotent_submit=False,
+    synchronous=True,
+    # A 4K PNG is tens of MB, base64 a third more; a few of them in one answer.
+    max_answer_bytes=200 * 2**20,
+    # The Gemini API takes inline data up to 20 MB per request.
+    max_request_bytes=20 * 10**6,
+    call_timeout=300.0,
+    models=(
+        ModelCaps(
+            provider="gemini", model="gemini-2.5-flash-image", label="Nano Banana",
+            aspect_ratios=ALL_RATIOS, default_ratio="1:1",
+            # Best with up to 3 input images, per Google's docs.
+            max_refs=3, prompt_max=20000, text_answers=True, url_refs=False,
+            history_turns=4, price={None: 0.039}, fields=_GEMINI_FIELDS,
+        ),
+        ModelCaps(
+            provider="gemini", model="gemini-3-pro-image-preview", label="Nano Banana Pro",
+            aspect_ratios=ALL_RATIOS, default_ratio="1:1",
+            resolutions=RESOLUTIONS, default_resolution="1K",
+            max_refs=14, prompt_max=20000, search_grounding=True, text_answers=True,
+            url_refs=False, history_turns=4,
+            price={"1K": 0.134, "2K": 0.134, "4K": 0.24}, fields=_GEMINI_FIELDS,
+        ),
+    ),
+)
+
+PROVIDERS: dict[str, ProviderCaps] = {p.id: p for p in (APIFRAME, APIFREE, GEMINI)}
 
 #: The CLI's and the window's name for "Apiframe, against the built-in simulator".
 DEMO = "demo"

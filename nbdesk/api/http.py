@@ -190,12 +190,14 @@ MAX_ANSWER_BYTES = 2 * 2**20
 
 
 async def send(
-    client: httpx.AsyncClient, method: str, url: str, what: str, **kwargs: Any
+    client: httpx.AsyncClient, method: str, url: str, what: str, *,
+    max_bytes: int = MAX_ANSWER_BYTES, **kwargs: Any
 ) -> httpx.Response:
     """One request; transport failures become TransientError (never a raw httpx error).
 
-    The answer is read with a size cap (MAX_ANSWER_BYTES): an endless or huge body is a
-    protocol error, not memory spent."""
+    The answer is read with a size cap (``max_bytes``, MAX_ANSWER_BYTES unless the
+    provider's answers carry images): an endless or huge body is a protocol error, not
+    memory spent."""
     try:
         request = client.build_request(method, url, **kwargs)
         response = await client.send(request, stream=True)
@@ -203,8 +205,8 @@ async def send(
             body = bytearray()
             async for block in response.aiter_raw():
                 body += block
-                if len(body) > MAX_ANSWER_BYTES:
-                    limit = _mib(MAX_ANSWER_BYTES)
+                if len(body) > max_bytes:
+                    limit = _mib(max_bytes)
                     raise ProtocolError(
                         f"{what}: the provider's answer is too large (over {limit}); refused",
                         status=response.status_code,

@@ -44,10 +44,24 @@ def validate_request(caps: ProviderCaps, request: GenerationRequest) -> ModelCap
                 f"{model.label} on {caps.label} has no output format {request.output_format!r} "
                 f"(choose one of: {', '.join(model.formats)})"
             )
-    if (request.google_search or request.image_search) and not model.search_grounding:
+    if request.google_search and not model.search_grounding:
         raise InputError(f"{model.label} on {caps.label} has no search grounding")
+    if request.image_search and not model.image_search:
+        raise InputError(f"{model.label} on {caps.label} has no image search")
+    if request.with_text and not model.text_answers:
+        raise InputError(f"{model.label} on {caps.label} answers with images only")
     if request.cache_key and not model.cache_key:
         raise InputError(f"{model.label} on {caps.label} takes no cache key")
+    if not model.url_refs:
+        for ref in request.references:
+            if ref.url.lower().startswith(("http://", "https://")):
+                raise InputError(
+                    f"reference image {ref.url[:80]!r}: {caps.label} takes reference images "
+                    "as local files only (it cannot fetch a URL); save the image and add "
+                    "the file instead"
+                )
+    if request.history and not model.history_turns:
+        raise InputError(f"{model.label} on {caps.label} cannot continue from an earlier image")
     if len(request.references) > model.max_refs:
         raise InputError(
             f"{len(request.references)} reference images given; {model.label} on "

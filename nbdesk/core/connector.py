@@ -14,16 +14,18 @@ import httpx
 
 from nbdesk.api.apiframe import ApiframeProvider
 from nbdesk.api.apifree import ApifreeProvider
-from nbdesk.api.base import Provider
+from nbdesk.api.base import AnyProvider
 from nbdesk.api.capabilities import PROVIDERS, ProviderCaps
+from nbdesk.api.gemini import GeminiProvider
 from nbdesk.api.http import RetryPolicy, check_base_url
 from nbdesk.core.secrets import KeychainError, SecretStore
 from nbdesk.core.settings import Settings
 from nbdesk.sim import DEMO_KEY, SimConfig, Simulator
 
-_CLASSES: dict[str, type[ApiframeProvider] | type[ApifreeProvider]] = {
+_CLASSES: dict[str, type[ApiframeProvider] | type[ApifreeProvider] | type[GeminiProvider]] = {
     "apiframe": ApiframeProvider,
     "apifree": ApifreeProvider,
+    "gemini": GeminiProvider,
 }
 
 
@@ -60,14 +62,14 @@ class Connector:
         self._policy_factory = policy_factory
         self._demo_config = demo_config
         self._demo: Simulator | None = None
-        self._cache: dict[tuple[str, bool], Provider] = {}
+        self._cache: dict[tuple[str, bool], AnyProvider] = {}
         self._lock = asyncio.Lock()
 
     @property
     def demo_simulator(self) -> Simulator | None:
         return self._demo
 
-    async def provider(self, provider_id: str, demo: bool = False) -> Provider:
+    async def provider(self, provider_id: str, demo: bool = False) -> AnyProvider:
         """The client for a provider (cached); raises ConfigError with a clear message."""
         async with self._lock:
             cached = self._cache.get((provider_id, demo))

@@ -25,19 +25,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from nbdesk.api.base import (
+    Answer,
+    AnyProvider,
     ApiError,
     GenerationRequest,
     InputError,
+    Part,
     PollResult,
     ProtocolError,
     Provider,
     Reference,
     RemoteState,
+    SyncProvider,
     TransientError,
+    Turn,
     UnansweredSubmitError,
+    is_sync,
 )
 from nbdesk.api.capabilities import PROVIDERS
 from nbdesk.api.http import RetryPolicy, download_to
@@ -54,7 +60,7 @@ from nbdesk.core.jobs import (
     JobState,
     RefRecord,
 )
-from nbdesk.core.library import LeaseLost, Library, StoredImage, make_owner
+from nbdesk.core.library import Item, LeaseLost, Library, StoredImage, make_owner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -237,7 +243,7 @@ class Engine:
             model=spec.model, prompt=spec.prompt, aspect_ratio=p.aspect_ratio,
             resolution=p.resolution, output_format=p.output_format,
             google_search=p.google_search, image_search=p.image_search, cache_key=p.cache_key,
-            references=[Reference(s) for s in spec.refs],
+            references=[Reference(s) for s in spec.refs], with_text=p.with_text,
         ))
 
     async def enqueue(self, spec: JobSpec, count: int = 1) -> list[Job]:
@@ -248,6 +254,12 @@ class Engine:
         if count < 1:
             raise InputError("the number of images must be at least 1")
         self.check(spec)
+        if spec.parent_item is not None:
+            try:
+                await self.db(self.library.item, spec.parent_item)
+            except KeyError:
+                raise InputError(
+                    f"there is no image #{spec.parent_item} in the library to edit") from None
         await self.connector.provider(spec.provider, spec.demo)  # a key, a valid base URL
         # Every reference is checked before any is copied: a refused one leaves nothing.
         checked = await asyncio.to_thread(self._check_refs, spec.refs)
@@ -307,6 +319,7 @@ class Engine:
             self._emit(job)
             return job
         await self.db(self.library.clear_tmp, job_id)
+        await self.db(self.library.clear_answer, job_id)
         await self.db(self.library.remove_unrecorded_images, claimed)
         job = await self._mark_cancelled(claimed)
         await self.db(self.library.release, self.owner, job_id)
@@ -339,14 +352,26 @@ class Engine:
         common: dict[str, Any] = dict(
             error=None, error_kind=None, note=None, finished_at=None, cancel_requested=False
         )
-        if job.error_kind in CONTINUE_KINDS and job.remote_id:
-            # Paid already: ask the provider again (fresh links; the old may be dead).
-            job = await self._update(claimed, state=JobState.SUBMITTED, result_urls=(),
-                                     **common)
+        if PROVIDERS[job.provider].synchronous:
+            # No remote job to ask again: what was paid for is the answer kept on disk.
+            kept = job.error_kind in CONTINUE_KINDS and bool(job.result_urls) and await self.db(
+                self._answer_kept, job)
+            continued = JobState.DOWNLOADING if kept else None
+        elif job.error_kind in CONTINUE_KINDS and job.remote_id:
+            continued = JobState.SUBMITTED
         else:
+            continued = None
+        if continued is JobState.DOWNLOADING:
+            job = await self._update(claimed, state=continued, **common)
+        elif continued is not None:
+            # Paid already: ask the provider again (fresh links; the old may be dead).
+            job = await self._update(claimed, state=continued, result_urls=(), **common)
+        else:
+            await self.db(self.library.clear_answer, job_id)
             job = await self._update(
                 claimed, state=JobState.QUEUED, idem_key=str(uuid.uuid4()), remote_id=None,
-                result_urls=(), progress=None, cost=None, submitted_at=None, **common,
+                result_urls=(), progress=None, cost=None, submitted_at=None, turn=(),
+                **common,
             )
         self._spawn(job.id)
         return job
@@ -378,7 +403,8 @@ class Engine:
             if job is None or not job.state.active:
                 return
             await self.db(self.library.clear_tmp, job_id)
-            if job.state is JobState.DOWNLOADING and job.result_urls:
+            if (job.state is JobState.DOWNLOADING and job.result_urls
+                    and not PROVIDERS[job.provider].synchronous):
                 # Links from an earlier run may have expired (or, in Demo, pointed at a
                 # simulator that died with it): ask the provider for fresh ones.
                 job = await self._update(job, result_urls=())
@@ -425,7 +451,7 @@ class Engine:
             finished_at=time.time(),
         )
 
-    async def _step(self, job: Job, provider: Provider) -> Job:
+    async def _step(self, job: Job, provider: AnyProvider) -> Job:
         state = job.state
         if state is JobState.QUEUED:
             await self._running.wait()
@@ -437,19 +463,26 @@ class Engine:
                 job, state=JobState.SUBMITTING, submit_attempts=job.submit_attempts + 1,
                 note=None,
             )
-            return await self._submit(job, provider, request)
+            if is_sync(provider):
+                return await self._generate(job, provider, request)
+            return await self._submit(job, cast(Provider, provider), request)
+        if is_sync(provider):
+            if state is JobState.SUBMITTING:
+                return await self._interrupt(job)  # caught mid-call: never re-billed silently
+            return await self._store_answer(job)
+        remote = cast(Provider, provider)  # submit, then poll
         if state is JobState.SUBMITTING:
-            if not provider.idempotent_submit:
+            if not remote.idempotent_submit:
                 return await self._interrupt(job)
             try:
                 request = await asyncio.to_thread(self._request, job)
             except InputError as exc:
                 return await self._fail(job, exc.message, exc.kind)
-            return await self._submit(job, provider, request)
+            return await self._submit(job, remote, request)
         if state in (JobState.SUBMITTED, JobState.RUNNING):
-            return await self._poll(job, provider)
+            return await self._poll(job, remote)
         if state is JobState.DOWNLOADING:
-            return await self._download(job, provider)
+            return await self._download(job, remote)
         raise AssertionError(f"no step for state {state}")
 
     def _request(self, job: Job) -> GenerationRequest:
@@ -462,13 +495,66 @@ class Engine:
                 refs.append(prepare_reference(str(path))[0])
             else:
                 refs.append(Reference(ref.source))
+        history, parent_sha = self._history(job)
+        if parent_sha is not None:
+            # The edited image is in the model's turn of the history: not sent twice.
+            refs = [r for r, rec in zip(refs, job.refs, strict=True)
+                    if rec.sha256 != parent_sha]
         p = job.params
         return GenerationRequest(
             model=job.model, prompt=job.prompt, aspect_ratio=p.aspect_ratio,
             resolution=p.resolution, output_format=p.output_format,
             google_search=p.google_search, image_search=p.image_search,
-            cache_key=p.cache_key, references=refs,
+            cache_key=p.cache_key, references=refs, with_text=p.with_text, history=history,
         )
+
+    def _history(self, job: Job) -> tuple[list[Turn], str | None]:
+        """The conversation an edit continues: the parent image and its ancestors made by
+        the same provider, each as (its prompt and references, the model's answer with its
+        thought signatures), oldest first. Also the parent image's SHA-256 (None: no
+        history; the parent image, if any, goes as a plain reference)."""
+        if job.parent_item is None or job.demo:
+            return [], None
+        try:
+            model = PROVIDERS[job.provider].model(job.model)
+        except KeyError:
+            return [], None
+        if not model.history_turns:
+            return [], None
+        chain = self.library.chain(job.parent_item, model.history_turns)
+        # Only the newest stretch made by this provider, with files still in place.
+        usable: list[Item] = []
+        for item in reversed(chain):
+            if item.provider != job.provider or item.demo or item.deleted_at is not None:
+                break
+            usable.append(item)
+        usable.reverse()
+        if not usable:
+            return [], None
+        turns: list[Turn] = []
+        previous_sha: str | None = None
+        for item in usable:
+            user = [Part(text=item.prompt)]
+            for rec in item.refs:
+                if rec.kind == "file" and rec.path and rec.sha256 != previous_sha:
+                    path = self.library.root / rec.path
+                    if path.is_file():
+                        user.append(Part(image=prepare_reference(str(path))[0]))
+            if not item.path.is_file():
+                raise InputError(f"image #{item.id} of the edit chain is missing its file")
+            image = prepare_reference(str(item.path))[0]
+            answer: list[Part] = []
+            for part in item.turn:
+                sig = part.get("sig")
+                if "text" in part:
+                    answer.append(Part(text=str(part["text"]), signature=sig))
+                elif part.get("image") == item.idx:
+                    answer.append(Part(image=image, signature=sig))
+            if not any(p.image is not None for p in answer):
+                answer.append(Part(image=image))
+            turns += [Turn("user", tuple(user)), Turn("model", tuple(answer))]
+            previous_sha = item.sha256
+        return turns, usable[-1].sha256
 
     async def _interrupt(self, job: Job) -> Job:
         label = PROVIDERS[job.provider].label
@@ -526,6 +612,110 @@ class Engine:
                 job, state=JobState.SUBMITTED, remote_id=result.remote_id,
                 submitted_at=time.time(), note=None,
             )
+
+    async def _generate(self, job: Job, provider: SyncProvider, request: GenerationRequest
+                        ) -> Job:
+        """One synchronous call (retried only while provably not taken on); the answer's
+        images are written to disk before anything else happens."""
+        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsafe_submits[job.id] = landed
+        try:
+            deadline = time.monotonic() + self.config.job_timeout
+            attempt = 0
+            while True:
+                try:
+                    answer = await provider.generate(request)
+                except UnansweredSubmitError:
+                    return await self._interrupt(job)
+                except TransientError as exc:
+                    if exc.sent:
+                        return await self._interrupt(job)
+                    attempt += 1
+                    try:
+                        job = await self._wait_out(job, exc, attempt, deadline)
+                    except TransientError:
+                        return await self._fail(job, f"gave up: {exc.message}", exc.kind)
+                    continue
+                except ApiError as exc:
+                    return await self._fail(job, exc.message, exc.kind)
+                failpoint("submit.sent")
+                return await self._keep_answer(job, answer)
+        finally:
+            landed.set_result(None)
+            self._unsafe_submits.pop(job.id, None)
+
+    async def _keep_answer(self, job: Job, answer: Answer) -> Job:
+        # Shielded: once the answer is here, a cancel or stop must not lose the paid image.
+        digests = await asyncio.shield(asyncio.to_thread(
+            self.library.keep_answer, job.id, [i.data for i in answer.images]))
+        turn: list[dict[str, Any]] = []
+        for part in answer.turn:
+            entry: dict[str, Any] = (
+                {"image": part.image_index} if part.image_index is not None
+                else {"text": part.text or ""}
+            )
+            if part.signature:
+                entry["sig"] = part.signature
+            turn.append(entry)
+        return await self._update(
+            job, state=JobState.DOWNLOADING, remote_id=answer.remote_id,
+            result_urls=tuple(f"answer:{n}:{d}" for n, d in enumerate(digests)),
+            turn=tuple(turn), cost=answer.cost, progress=100.0, submitted_at=time.time(),
+            note=None,
+        )
+
+    def _answer_kept(self, job: Job) -> bool:
+        for n, marker in enumerate(job.result_urls):
+            digest = marker.rpartition(":")[2]
+            if (not self.library.answer_path(job.id, n).is_file()
+                    and self.library.placed_file(job, n, digest) is None):
+                return False
+        return bool(job.result_urls)
+
+    async def _store_answer(self, job: Job) -> Job:
+        """Place the images a synchronous answer brought (kept on disk) into the library."""
+        stored: list[StoredImage] = []
+        for idx, marker in enumerate(job.result_urls):
+            digest = marker.rpartition(":")[2]
+            src = self.library.answer_path(job.id, idx)
+            try:
+                if await asyncio.to_thread(src.is_file):
+                    info = await asyncio.to_thread(probe_file, src)
+                    size = (await asyncio.to_thread(src.stat)).st_size
+                    image = await self.db(
+                        self.library.place_image, job, idx, src, sha256=digest, size=size,
+                        width=info.width, height=info.height, fmt=info.format, ext=info.ext,
+                    )
+                else:
+                    # Placed before a crash, its row not written: take it as it is.
+                    placed = await self.db(self.library.placed_file, job, idx, digest)
+                    if placed is None:
+                        return await self._fail(
+                            job, "the image of the answer was lost before it was stored; "
+                            "Retry makes a new paid call", "lost",
+                        )
+                    info = await asyncio.to_thread(probe_file, placed)
+                    image = StoredImage(
+                        idx, placed.relative_to(self.library.root).as_posix(), digest,
+                        placed.stat().st_size, info.width, info.height, info.format,
+                    )
+                stored.append(image)
+            except ImageCheckError as exc:
+                await asyncio.to_thread(src.unlink, missing_ok=True)
+                return await self._fail(
+                    job, f"the provider's answer holds no usable image: {exc}", "bad_image")
+            except OSError as exc:
+                return await self._fail(
+                    job, f"cannot write to the library ({exc.strerror or exc}); free some "
+                    "space or fix the folder's permissions, then retry (no new payment)",
+                    "storage",
+                )
+        try:
+            done = await self.db(self.library.complete_job, job, self.owner, stored, job.cost)
+        except (OSError, sqlite3.OperationalError) as exc:
+            return await self._fail(job, f"cannot write the library database: {exc}", "storage")
+        self._emit(done)
+        return done
 
     async def _poll_once(
         self, job: Job, provider: Provider, deadline: float

@@ -57,6 +57,7 @@ class JobParams:
     google_search: bool = False
     image_search: bool = False
     cache_key: str | None = None
+    with_text: bool = False  # ask for text beside the image (Gemini)
 
     def to_dict(self) -> dict[str, Any]:
         return {"v": PARAMS_VERSION, **asdict(self)}
@@ -130,6 +131,8 @@ class Job:
     submitted_at: float | None = None
     finished_at: float | None = None
     cancel_requested: bool = False
+    #: a synchronous answer's parts (text, thought signatures), kept for the items
+    turn: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -160,6 +163,7 @@ class Job:
             submitted_at=row["submitted_at"],
             finished_at=row["finished_at"],
             cancel_requested=bool(row["cancel_requested"]),
+            turn=tuple(json.loads(row["turn"] or "[]")),
         )
 
     @property

@@ -31,7 +31,7 @@ from nbdesk.core.paths import Paths
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE jobs (
@@ -107,8 +107,18 @@ CREATE TRIGGER items_au AFTER UPDATE OF prompt ON items BEGIN
 END;
 """
 
+# Version 2: conversational editing. ``turn`` is the model's answer as it must be sent
+# back to continue from an image (its text parts and thought signatures, JSON; an image
+# part names the image's index in the job): on the job until the images are stored,
+# then on each item. Not in the full-text index. Edit chains are walked by parent_item.
+_SCHEMA_V2 = """
+ALTER TABLE jobs ADD COLUMN turn TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE items ADD COLUMN turn TEXT NOT NULL DEFAULT '[]';
+CREATE INDEX items_parent ON items(parent_item);
+"""
+
 #: Each entry upgrades from version (index) to version (index + 1).
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 
 
 class LibraryError(Exception):
@@ -156,6 +166,21 @@ class Item:
     completed_at: float
     favourite: bool
     deleted_at: float | None
+    #: the model's answer parts (text, thought signatures) for conversational editing
+    turn: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def signatures(self) -> list[str]:
+        """The thought signatures kept with this image (what an edit sends back)."""
+        return [
+            str(p["sig"]) for p in self.turn
+            if p.get("sig") and ("text" in p or p.get("image") == self.idx)
+        ]
+
+    @property
+    def answer_text(self) -> str:
+        """Text the model answered beside the image, if any."""
+        return "\n".join(str(p["text"]) for p in self.turn if p.get("text")).strip()
 
 
 def make_owner() -> str:
@@ -454,6 +479,41 @@ class Library:
         for stale in self.paths.tmp.glob(f"{job_id}-*.part"):
             stale.unlink(missing_ok=True)
 
+    # Images that came inside a synchronous answer are kept here (fsynced) from the
+    # moment the answer is read until they are placed: a crash in between loses nothing.
+
+    def answer_path(self, job_id: str, idx: int) -> Path:
+        return self.paths.tmp / f"{job_id}-{idx}.answer"
+
+    def keep_answer(self, job_id: str, images: Sequence[bytes]) -> list[str]:
+        """Write the images of an answer; returns their SHA-256s."""
+        digests: list[str] = []
+        for idx, data in enumerate(images):
+            path = self.answer_path(job_id, idx)
+            tmp = path.with_suffix(".part")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            digests.append(hashlib.sha256(data).hexdigest())
+        fsync_dir(self.paths.tmp)
+        return digests
+
+    def clear_answer(self, job_id: str) -> None:
+        for stale in self.paths.tmp.glob(f"{job_id}-*.answer"):
+            stale.unlink(missing_ok=True)
+
+    def placed_file(self, job: Job, idx: int, sha256: str) -> Path | None:
+        """The image file of this job and index already renamed into place (a process died
+        before writing its row), if its content is the expected one."""
+        folder = (self.root / self.image_rel_path(job, idx, "x")).parent
+        stem = Path(self.image_rel_path(job, idx, "x")).stem
+        for path in folder.glob(f"{stem}.*"):
+            if path.is_file() and sha256_file(path) == sha256:
+                return path
+        return None
+
     def remove_unrecorded_images(self, job: Job) -> int:
         """Delete image files at this job's names that no row records (a process died
         between placing them and writing their rows, and the job is being cancelled)."""
@@ -503,13 +563,13 @@ class Library:
                 conn.execute(
                     "INSERT OR REPLACE INTO items (job_id, idx, path, sha256, size, width,"
                     " height, format, prompt, provider, demo, model, params, refs, cost,"
-                    " remote_id, parent_item, created_at, completed_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " remote_id, parent_item, created_at, completed_at, turn)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (job.id, img.idx, img.rel_path, img.sha256, img.size, img.width,
                      img.height, img.format, job.prompt, job.provider, int(job.demo), job.model,
                      json.dumps(job.params.to_dict()), json.dumps([r.__dict__ for r in job.refs]),
                      (cost / len(images)) if cost is not None else None, job.remote_id,
-                     job.parent_item, job.created_at, now),
+                     job.parent_item, job.created_at, now, json.dumps(list(job.turn))),
                 )
             failpoint("db.transaction")
             conn.execute(
@@ -557,6 +617,29 @@ class Library:
         rows = self._query("SELECT * FROM items WHERE path = ? AND deleted_at IS NULL",
                            (rel.as_posix(),))
         return self._item(rows[0]) if rows else None
+
+    def chain(self, item_id: int, limit: int) -> list[Item]:
+        """An item and up to ``limit - 1`` of its ancestors (parent links), oldest first."""
+        found: list[Item] = []
+        seen: set[int] = set()
+        current: int | None = item_id
+        while current is not None and current not in seen and len(found) < limit:
+            seen.add(current)
+            try:
+                item = self.item(current)
+            except KeyError:
+                break
+            found.append(item)
+            current = item.parent_item
+        return found[::-1]
+
+    def children(self, item_id: int) -> list[int]:
+        """Ids of the images made by editing this one, oldest first."""
+        rows = self._query(
+            "SELECT id FROM items WHERE parent_item = ? AND deleted_at IS NULL"
+            " ORDER BY completed_at, id", (item_id,),
+        )
+        return [r[0] for r in rows]
 
     def items(
         self,
@@ -689,6 +772,7 @@ class Library:
             cost=row["cost"], remote_id=row["remote_id"], parent_item=row["parent_item"],
             created_at=row["created_at"], completed_at=row["completed_at"],
             favourite=bool(row["favourite"]), deleted_at=row["deleted_at"],
+            turn=tuple(json.loads(row["turn"] or "[]")),
         )
 
     # ------------------------------------------------------------------ checks

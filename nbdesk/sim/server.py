@@ -1,6 +1,7 @@
-"""A loopback HTTP server that speaks the Apiframe and APIFree image APIs, with faults on demand.
+"""A loopback HTTP server that speaks the Apiframe, APIFree and Gemini image APIs, with faults
+on demand.
 
-Both APIs are served from one base URL.  Jobs are stateless (see ``jobs.py``): the only
+All three APIs are served from one base URL.  Jobs are stateless (see ``jobs.py``): the only
 per-instance state is the Apiframe idempotency map, the fault RNG / script and the stats.
 """
 
@@ -34,8 +35,8 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
-from nbdesk.api.capabilities import APIFRAME, APIFREE, ModelCaps, ProviderCaps
-from nbdesk.sim import images
+from nbdesk.api.capabilities import APIFRAME, APIFREE, GEMINI, ModelCaps, ProviderCaps
+from nbdesk.sim import gemini, images
 from nbdesk.sim.jobs import (
     FAIL_REASON,
     PROMPT_HEAD,
@@ -58,6 +59,7 @@ FAULT_KINDS: tuple[str, ...] = (
 )
 ROUTES: tuple[str, ...] = (
     "apiframe.submit", "apiframe.poll", "apifree.submit", "apifree.poll", "download",
+    "gemini.generate",
 )
 RESULT_FORMS: tuple[str, ...] = ("string", "list", "images")
 STATUS_STYLES: tuple[str, ...] = ("short", "long")
@@ -118,6 +120,10 @@ class SimConfig:
     apiframe_result_form: str = "rotate"  # "string" | "list" | "images" | "rotate"
     apifree_status_style: str = "rotate"  # "short" | "long" | "rotate"
     apifree_errors_in_200: bool = True  # validation errors: HTTP 200 with envelope code 400
+    gemini_seconds: float = 0.0  # how long a Gemini generateContent call takes
+    #: random bytes added to each Gemini image (a private PNG chunk): answers as big as a
+    #: real photographic 4K PNG, without the time it takes to encode one
+    gemini_image_padding: int = 0
 
 
 # --------------------------------------------------------------------------- statistics
@@ -136,10 +142,15 @@ class SimJobRecord:
     n_refs: int
     ref_sha256s: list[str | None]  # sha256 of each data-URI reference's bytes; None for URLs
     answered: bool = True  # False: the submit's answer was replaced by a fault (reset, garbage)
+    # Gemini only: the conversation a request continued
+    turns: int = 1  # contents sent, the new user turn included
+    signatures: list[str] = field(default_factory=list)  # thought signatures sent back
+    history_sha256s: list[str] = field(default_factory=list)  # images of the model turns
+    answer_signatures: list[str] = field(default_factory=list)  # issued in the answer
 
 
 def _per_provider() -> dict[str, int]:
-    return {APIFRAME.id: 0, APIFREE.id: 0}
+    return {APIFRAME.id: 0, APIFREE.id: 0, GEMINI.id: 0}
 
 
 def _per_fault() -> dict[str, int]:
@@ -559,6 +570,12 @@ class _Handler(BaseHTTPRequestHandler):
             resp = sim._apiframe_poll(self.headers, args[0])
         elif route == "apifree.poll":
             resp = sim._apifree_poll(self.headers, args[0])
+        elif route == "gemini.generate":
+            resp, record = sim._gemini_generate(self.headers, args[0], body)
+            if record is not None and sim._stopping.wait(sim.config.gemini_seconds):
+                sim._unanswered(record)
+                self._reset()
+                return
         else:
             resp = sim._download(*args)
 
@@ -600,6 +617,7 @@ _ROUTE_PATTERNS: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("POST", "apifree.submit", re.compile(r"^/v1/image/submit/?$")),
     ("GET", "apifree.poll", re.compile(r"^/v1/image/([^/]+)/result$")),
     ("GET", "download", re.compile(r"^/files/([^/]+)/([^/]+)$")),
+    ("POST", "gemini.generate", re.compile(r"^/v1beta/models/([^/:]+):generateContent$")),
 )
 
 
@@ -722,6 +740,20 @@ class Simulator:
 
     def _fault_response(self, route: str, kind: str) -> _Response:
         retry = {"Retry-After": _retry_after_text(self.config.faults.retry_after)}
+        if route.startswith("gemini."):
+            # Google sends no Retry-After: the wait is in RetryInfo.retryDelay.
+            if kind == "429":
+                delay = _retry_after_text(self.config.faults.retry_after) + "s"
+                return _json(429, gemini.google_error(
+                    429, "RESOURCE_EXHAUSTED",
+                    "Resource has been exhausted (e.g. check quota). (simulated)",
+                    [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}],
+                ))
+            if kind == "503":
+                return _json(503, gemini.google_error(
+                    503, "UNAVAILABLE", "The model is overloaded. Please try again later."))
+            return _json(500, gemini.google_error(
+                500, "INTERNAL", "An internal error has occurred. (simulated)"))
         if route.startswith("apifree."):
             if kind == "429":
                 return _envelope(429, 429, "Too many requests (simulated)", {}, retry)
@@ -898,6 +930,61 @@ class Simulator:
             data["error"] = FAIL_REASON
         return _envelope(200, 200, "Success", data)
 
+    # ---------------------------------------------------------------- Gemini
+
+    def _gemini_generate(
+        self, headers: Message, model_id: str, body: bytes
+    ) -> tuple[_Response, SimJobRecord | None]:
+        key = headers.get("x-goog-api-key")
+        if not key:
+            return _json(403, gemini.google_error(
+                403, "PERMISSION_DENIED",
+                "Method doesn't allow unregistered callers. Please use an API key.")), None
+        if not self._key_ok(GEMINI.id, key):
+            return _json(400, gemini.google_error(
+                400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
+                [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                  "reason": "API_KEY_INVALID", "domain": "googleapis.com"}])), None
+        caps = gemini.model_caps(model_id)
+        if caps is None:
+            return _json(404, gemini.google_error(
+                404, "NOT_FOUND", f"models/{model_id} is not found for API version v1beta, "
+                "or is not supported for generateContent.")), None
+        try:
+            req = gemini.validate(json.loads(body), caps)
+        except (ValueError, UnicodeDecodeError, gemini.GeminiBadInput) as e:
+            msg = str(e) if isinstance(e, gemini.GeminiBadInput) else \
+                "Invalid JSON payload received."
+            return _json(400, gemini.google_error(400, "INVALID_ARGUMENT", msg)), None
+        with self._lock:
+            ordinal = self._ordinal
+            self._ordinal += 1
+        seed = secrets.randbits(32)
+        response_id = f"sim-{ordinal}-{secrets.token_hex(6)}"
+        width, height = images.image_size(req.aspect_ratio or "1:1", req.resolution)
+        head = req.prompt[:PROMPT_HEAD] + ("…" if len(req.prompt) > PROMPT_HEAD else "")
+        caption = (f"nbdesk simulator · {caps.model} · {req.aspect_ratio or '1:1'} · "
+                   f"{req.resolution or '1K'}")
+        png = images.CACHE.get(seed, width, height, head, "png", caption)
+        if self.config.gemini_image_padding > 0:
+            png = gemini.pad_png(png, self.config.gemini_image_padding)
+        payload = gemini.answer(req, response_id, png)
+        record = SimJobRecord(
+            provider=GEMINI.id, remote_id=response_id, idempotency_key=None,
+            prompt=req.prompt, model=caps.model, params=req.params,
+            n_refs=len(req.ref_sha256s), ref_sha256s=req.ref_sha256s, turns=req.turns,
+            signatures=req.signatures, history_sha256s=req.history_sha256s,
+            answer_signatures=[
+                str(p["thoughtSignature"])
+                for c in payload.get("candidates", []) for p in c["content"]["parts"]
+                if "thoughtSignature" in p
+            ],
+        )
+        with self.stats.lock:
+            self.stats.submits[GEMINI.id] += 1
+            self.stats.jobs.append(record)
+        return _json(200, payload), record
+
     # ---------------------------------------------------------------- files
 
     def _download(self, remote_id: str, name: str) -> _Response:
@@ -950,8 +1037,8 @@ def run_standalone(port: int, config: SimConfig) -> None:
     if in_main:
         previous = signal.signal(signal.SIGTERM, on_term)
     keys = "any key accepted" if config.keys is None else "only the configured keys accepted"
-    print(f"nbdesk simulator listening on {sim.base_url} (Apiframe and APIFree APIs; {keys})",
-          flush=True)
+    print(f"nbdesk simulator listening on {sim.base_url} (Apiframe, APIFree and Gemini APIs; "
+          f"{keys})", flush=True)
     try:
         while not done.wait(0.5):
             pass

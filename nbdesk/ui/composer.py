@@ -155,6 +155,7 @@ class Composer(QWidget):
         self.count_spin.setToolTip(f"How many images to make (1–{MAX_COUNT}); one job each")
         self.google_search = QCheckBox("Google search")
         self.image_search = QCheckBox("Image search")
+        self.with_text = QCheckBox("Text too")
         self.cache_key = QLineEdit()
         self.cache_key.setPlaceholderText("optional")
         self.cache_key.setClearButtonEnabled(True)
@@ -209,6 +210,7 @@ class Composer(QWidget):
         row2 = QHBoxLayout()
         row2.addWidget(self.google_search)
         row2.addWidget(self.image_search)
+        row2.addWidget(self.with_text)
         cache_label = QLabel("&Cache key")
         cache_label.setBuddy(self.cache_key)
         row2.addWidget(cache_label)
@@ -339,18 +341,23 @@ class Composer(QWidget):
             f"Output file format ({where})",
             f"{where} has no output format setting: the provider picks the format",
         )
-        for box, what in (
-            (self.google_search, "ground the image in Google Search results"),
-            (self.image_search, "ground the image in Google Image Search results"),
+        for box, offered, what, missing in (
+            (self.google_search, m.search_grounding,
+             "ground the image in Google Search results",
+             "no search grounding (Apiframe's models and Gemini's Nano Banana Pro have it)"),
+            (self.image_search, m.image_search,
+             "ground the image in Google Image Search results",
+             "no image search (only Apiframe's models have it)"),
+            (self.with_text, m.text_answers,
+             "answer with text beside the image (shown in the details)",
+             "no text answers: it answers with images only"),
         ):
-            box.setEnabled(m.search_grounding)
-            if m.search_grounding:
+            box.setEnabled(offered)
+            if offered:
                 box.setToolTip(f"Ask {caps.label} to {what}")
             else:
                 box.setChecked(False)
-                box.setToolTip(
-                    f"{where} has no search grounding (only Apiframe's models offer it)"
-                )
+                box.setToolTip(f"{where} has {missing}")
         self.cache_key.setEnabled(m.cache_key)
         if m.cache_key:
             self.cache_key.setToolTip(
@@ -360,8 +367,9 @@ class Composer(QWidget):
             self.cache_key.clear()
             self.cache_key.setToolTip(f"{where} takes no cache key (only APIFree does)")
         self.tray.set_max(m.max_refs)
+        sources = "image files or URLs" if m.url_refs else "image files (no URLs)"
         self.tray.setToolTip(
-            f"Up to {m.max_refs} reference images for {where}: drop image files or URLs "
+            f"Up to {m.max_refs} reference images for {where}: drop {sources} "
             "here, or paste with Ctrl+V"
         )
         self._update_length()
@@ -486,6 +494,15 @@ class Composer(QWidget):
                 f"{refs} reference images; {where} takes at most {m.max_refs}. "
                 f"Remove {refs - m.max_refs} of them or choose another model."
             )
+        if not m.url_refs:
+            urls = [u for u in self.tray.sources()
+                    if u.lower().startswith(("http://", "https://"))]
+            if urls:
+                return (
+                    f"{caps.label} takes reference images as local files only: remove the "
+                    f"{len(urls)} URL reference{'s' if len(urls) != 1 else ''} or save "
+                    f"{'them' if len(urls) != 1 else 'it'} as a file first."
+                )
         if self.tray.pending():
             return "Reference images are still being checked; queue again in a moment."
         return None
@@ -501,8 +518,9 @@ class Composer(QWidget):
             resolution=(self.resolution_combo.currentText() or None) if m.resolutions else None,
             output_format=(self.format_combo.currentText() or None) if m.formats else None,
             google_search=m.search_grounding and self.google_search.isChecked(),
-            image_search=m.search_grounding and self.image_search.isChecked(),
+            image_search=m.image_search and self.image_search.isChecked(),
             cache_key=cache_key or None,
+            with_text=m.text_answers and self.with_text.isChecked(),
         )
         refs = tuple(self.tray.sources())
         parent = self._parent_item[0] if self._parent_item and self._parent_item[1] in refs \
@@ -586,6 +604,9 @@ class Composer(QWidget):
             self.tray.add(path)
             self.focus_prompt()
             text = f"Editing image #{item.id}: describe the change, then Ctrl+Enter."
+            if self.model_caps().history_turns and not item.demo:
+                text += (f" {self.provider_caps().label} continues the conversation: its "
+                         "earlier answers and their context go back with the edit.")
         else:
             self._parent_item = None
             self.set_prompt(item.prompt)
@@ -619,6 +640,7 @@ class Composer(QWidget):
         for box, wanted, what in (
             (self.google_search, params.google_search, "Google search"),
             (self.image_search, params.image_search, "image search"),
+            (self.with_text, params.with_text, "text answers"),
         ):
             if box.isEnabled():
                 box.setChecked(wanted)

@@ -155,6 +155,13 @@ class Controller(QObject):
         result: Item = await self.db(self.library.item, item_id)
         return result
 
+    async def edit_chain(self, item_id: int, limit: int = 50) -> tuple[list[int], list[int]]:
+        """(the image's ancestors by Edit, oldest first, and itself; the images edited
+        from it)."""
+        chain = await self.db(self.library.chain, item_id, limit)
+        children: list[int] = await self.db(self.library.children, item_id)
+        return [i.id for i in chain], children
+
     def set_favourite(self, item_id: int, favourite: bool) -> None:
         async def run() -> None:
             await self.db(self.library.set_favourite, item_id, favourite)

@@ -366,6 +366,13 @@ class ImageViewer(QWidget):
         self.parent_label = QLabel()
         self.parent_label.setTextFormat(Qt.TextFormat.RichText)
         self.parent_label.linkActivated.connect(self._open_link)
+        self.parent_label.setWordWrap(True)
+        self.parent_label.setToolTip("The images this one was edited from (Edit continues "
+                                     "from an image), oldest first, and the edits of it")
+        self.context_label = _selectable(QLabel())
+        self.context_label.setWordWrap(True)
+        self.answer_label = _selectable(QLabel())
+        self.answer_label.setWordWrap(True)
         self.path_label = _selectable(QLabel())
         self.refs_box = QWidget()
         self.refs_layout = QVBoxLayout(self.refs_box)
@@ -381,7 +388,8 @@ class ImageViewer(QWidget):
             ("Dimensions", self.size_label), ("File", self.file_label),
             ("Cost", self.cost_label), ("Date", self.date_label),
             ("References", self.refs_box), ("Remote id", self.remote_label),
-            ("Parent", self.parent_label), ("Path", self.path_label),
+            ("Edit chain", self.parent_label), ("Context", self.context_label),
+            ("Model's text", self.answer_label), ("Path", self.path_label),
         ):
             form.addRow(label, widget)
         self.details = QScrollArea()
@@ -597,7 +605,8 @@ class ImageViewer(QWidget):
     def _fill_details(self, item: Item | None) -> None:
         labels = (self.prompt_label, self.provider_label, self.model_label, self.params_label,
                   self.cost_label, self.size_label, self.file_label, self.date_label,
-                  self.remote_label, self.parent_label, self.path_label)
+                  self.remote_label, self.parent_label, self.path_label, self.context_label,
+                  self.answer_label)
         while self.refs_layout.count():
             taken = self.refs_layout.takeAt(0)
             old = taken.widget() if taken is not None else None
@@ -620,8 +629,14 @@ class ImageViewer(QWidget):
         self.date_label.setText(when + ("  (in the trash)" if item.deleted_at else ""))
         _set_long(self.remote_label, item.remote_id or "—")
         self.parent_label.setText(
-            f'<a href="item:{item.parent_item}">#{item.parent_item}</a>'
+            f'<a href="item:{item.parent_item}">#{item.parent_item}</a> → this'
             if item.parent_item is not None else "—")
+        self.controller.spawn(self._fill_chain(self._gen, item.id), what="reading the edit chain")
+        n = len(item.signatures)
+        self.context_label.setText(
+            f"{n} thought signature{'s' if n != 1 else ''} kept: an Edit sends "
+            f"{'them' if n != 1 else 'it'} back with the conversation" if n else "—")
+        self.answer_label.setText(item.answer_text or "—")
         _set_long(self.path_label, str(item.path))
         self.favourite_action.setChecked(item.favourite)
         self.favourite_action.setText("★ Favourite" if item.favourite else "☆ Favourite")
@@ -646,6 +661,20 @@ class ImageViewer(QWidget):
             if ref.kind == "file" and ref.path:
                 self.controller.spawn(self._ref_thumb(thumb, root / ref.path),
                                       what="showing a reference")
+
+    async def _fill_chain(self, gen: int, item_id: int) -> None:
+        """The whole chain of edits this image belongs to, as links."""
+        ancestors, children = await self.controller.edit_chain(item_id)
+        if not self._current_gen(gen) or not shiboken6.isValid(self.parent_label):
+            return
+        links = [f'<a href="item:{i}">#{i}</a>' for i in ancestors[:-1]]
+        if len(links) > 6:
+            links = ["…", *links[-6:]]
+        text = " → ".join([*links, f"<b>#{item_id}</b>"]) if links else ""
+        if children:
+            edits = ", ".join(f'<a href="item:{i}">#{i}</a>' for i in children)
+            text += (" · " if text else "") + f"edited into {edits}"
+        self.parent_label.setText(text or "—")
 
     async def _ref_thumb(self, label: QLabel, path: Path) -> None:
         image = await asyncio.to_thread(decode_image, path, REF_THUMB)

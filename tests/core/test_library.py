@@ -153,3 +153,69 @@ def test_a_second_connection_sees_changes_through_data_version(tmp_path: Path) -
     assert len(a.jobs()) == 1
     a.close()
     b.close()
+
+
+def test_a_version_1_library_migrates_and_keeps_everything(tmp_path: Path) -> None:
+    """A library written before conversational editing (schema 1) opens, gains the turn
+    columns and the parent index, and keeps its jobs, items and search."""
+    from nbdesk.core.library import _SCHEMA_V1, _split_sql
+
+    paths = paths_in(tmp_path)
+    paths.ensure()
+    conn = sqlite3.connect(paths.db)
+    for statement in _split_sql(_SCHEMA_V1):
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO jobs (id, idem_key, created_at, updated_at, provider, model, prompt,"
+        " state) VALUES ('j1', 'j1', 1, 1, 'apiframe', 'nano-banana', 'an old fox',"
+        " 'completed')")
+    conn.execute(
+        "INSERT INTO items (id, job_id, path, sha256, size, width, height, format, prompt,"
+        " provider, model, created_at, completed_at) VALUES (7, 'j1', 'images/a.png', 'x',"
+        " 1, 4, 4, 'png', 'an old fox', 'apiframe', 'nano-banana', 1, 2)")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+    lib = Library(paths)
+    try:
+        conn = sqlite3.connect(paths.db)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(items)")}
+        conn.close()
+        assert "items_parent" in indexes
+        job = lib.job("j1")
+        assert (job.prompt, job.state, job.turn) == ("an old fox", JobState.COMPLETED, ())
+        item = lib.item(7)
+        assert (item.prompt, item.turn, item.signatures, item.parent_item) == (
+            "an old fox", (), [], None)
+        assert [i.id for i in lib.items(text="fox")] == [7]
+        assert lib.chain(7, 5) == [item] and lib.children(7) == []
+    finally:
+        lib.close()
+
+
+def test_turns_are_kept_beside_the_item_and_not_searched(tmp_path: Path) -> None:
+    lib = Library(paths_in(tmp_path))
+    try:
+        owner = make_owner()
+        spec = JobSpec("gemini", "gemini-3-pro-image-preview", "a blue whale")
+        (parent,) = lib.add_jobs(spec, [], 1, owner)
+        turn = ({"text": "unsearchable-word", "sig": "s-text"}, {"image": 0, "sig": "s-img"},
+                {"image": 1, "sig": "s-other"})
+        job = lib.update_job(parent.id, owner, turn=turn)
+        tmp = lib.tmp_path(job.id, 0)
+        tmp.write_bytes(b"data")
+        stored = lib.place_image(job, 0, tmp, sha256=hashlib.sha256(b"data").hexdigest(),
+                                 size=4, width=4, height=4, fmt="png", ext="png")
+        lib.complete_job(job, owner, [stored], None)
+        (item,) = lib.items_for_job(job.id)
+        assert item.turn == turn
+        assert item.signatures == ["s-text", "s-img"]  # not the other image's
+        assert item.answer_text == "unsearchable-word"
+        assert lib.items(text="unsearchable") == [] and lib.items(text="whale") == [item]
+        (child,) = lib.add_jobs(JobSpec("gemini", spec.model, "edit", parent_item=item.id),
+                                [], 1)
+        assert child.parent_item == item.id
+    finally:
+        lib.close()

@@ -159,6 +159,23 @@ def test_env_override_wins_and_is_never_stored(
 
 
 @pytest.mark.keychain
+def test_a_gemini_key_lives_in_the_keychain_like_the_others(
+    secret_service: SecretServiceEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SecretStore()
+    store.set("gemini", KEY)
+    assert keyring.get_password(SERVICE, "gemini") == KEY
+    assert store.lookup("gemini") == KeyLookup(KEY, "keychain")
+    assert store.lookup("apiframe") == KeyLookup(None, "none")  # one entry per provider
+    monkeypatch.setenv("NBDESK_GEMINI_API_KEY", OTHER_KEY)  # this process only
+    assert store.lookup("gemini") == KeyLookup(OTHER_KEY, "env")
+    assert keyring.get_password(SERVICE, "gemini") == KEY  # the stored one is untouched
+    monkeypatch.delenv("NBDESK_GEMINI_API_KEY")
+    assert store.delete("gemini") is True
+    assert store.lookup("gemini") == KeyLookup(None, "none")
+
+
+@pytest.mark.keychain
 def test_backend_name_and_available(secret_service: SecretServiceEnv) -> None:
     store = SecretStore()
     assert store.backend_name() == "Secret Service (gnome-keyring)"

@@ -59,6 +59,7 @@ from nbdesk.api.http import RetryPolicy, download_to, make_client
 from nbdesk.api.images import prepare_reference
 from nbdesk.core.connector import ConfigError
 from nbdesk.core.jobs import Job, JobParams, JobSpec, JobState
+from nbdesk.core.library import SCHEMA_VERSION
 from nbdesk.core.paths import DB_NAME
 from tests.e2e.harness import Cli, Result
 from tests.helpers import EngineEnv, FakeSleep, close_engine
@@ -766,7 +767,8 @@ CASES: list[Case] = [
     Case("a corrupted library database", "library", LIBRARY,
          "cannot be read (file is not a database); it was left untouched", _corrupted_db),
     Case("a library database from a newer nbdesk", "library", LIBRARY,
-         "written by a newer nbdesk (schema 99, this version knows 1); it was left untouched",
+         f"written by a newer nbdesk (schema 99, this version knows {SCHEMA_VERSION}); "
+         "it was left untouched",
          _newer_db),
 ]
 

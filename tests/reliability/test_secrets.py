@@ -172,7 +172,7 @@ def test_cli_operations_leave_no_key_anywhere(
 
             jobs = cli.jobs()
             assert sorted(j.state.value for j in jobs) == ["completed"] * 4 + ["failed"]
-            assert sim.stats.snapshot()["submits"] == {"apiframe": 3, "apifree": 1}
+            assert sim.stats.snapshot()["submits"] == {"apiframe": 3, "apifree": 1, "gemini": 0}
             scan.tree(cli.home)  # NBDESK_HOME: database + WAL, settings, logs, images, refs
             scan.tree(cli.system)  # the private HOME / XDG folders of the runs
         finally:

@@ -225,7 +225,7 @@ def test_apiframe_happy_path_through_every_status(
     # The same job renders the same bytes again (cache or not).
     assert client.get(url).content == img_resp.content
     snap = sim.stats.snapshot()
-    assert snap["submits"] == {"apiframe": 1, "apifree": 0}
+    assert snap["submits"] == {"apiframe": 1, "apifree": 0, "gemini": 0}
     assert snap["downloads"] == 2
     assert snap["polls"]["apiframe"] == 3
     (rec,) = snap["jobs"]
@@ -305,7 +305,7 @@ def test_apiframe_auth(sim: Simulator, client: httpx.Client) -> None:
     assert (r2.status_code, r2.json()) == (401, unauthorized)
     # The other provider still takes any key.
     assert fr_submit(client).json()["code"] == 200
-    assert sim.stats.submits == {"apiframe": 1, "apifree": 1}
+    assert sim.stats.submits == {"apiframe": 1, "apifree": 1, "gemini": 0}
 
 
 def test_apiframe_unknown_and_garbled_ids(sim: Simulator, client: httpx.Client) -> None:
@@ -593,7 +593,7 @@ def test_another_instance_answers_for_a_job(client: httpx.Client, sim: Simulator
         assert img.format == "WEBP" and img.size == (1024, 1024)
         data = fr_result(c2, fr_id)
         assert data["image_list"] == [f"{other.base_url}/files/{fr_id}/0.png"]
-        assert other.stats.submits == {"apiframe": 0, "apifree": 0}
+        assert other.stats.submits == {"apiframe": 0, "apifree": 0, "gemini": 0}
 
 
 def test_restart_on_the_same_port(sim: Simulator) -> None:
@@ -647,7 +647,7 @@ def test_script_reset_creates_nothing(sim: Simulator, client: httpx.Client) -> N
         af_submit(client, headers={**AF_KEY, "Idempotency-Key": "k1"})
     with pytest.raises(httpx.TransportError):
         fr_submit(client)
-    assert sim.stats.submits == {"apiframe": 0, "apifree": 0} and sim.stats.jobs == []
+    assert sim.stats.submits == {"apiframe": 0, "apifree": 0, "gemini": 0} and sim.stats.jobs == []
     assert sim.stats.faults["reset"] == 2
     # The key was never seen: the retry is a fresh paid job, not a replay.
     assert af_submit(client, headers={**AF_KEY, "Idempotency-Key": "k1"}).status_code == 202
@@ -777,12 +777,15 @@ def test_stats_endpoint(sim: Simulator, client: httpx.Client) -> None:
     stats = client.get("/_sim/stats").json()
     assert stats == sim.stats.snapshot()
     assert stats["requests"] == 5  # /_sim/stats itself is not counted
-    assert stats["submits"] == {"apiframe": 1, "apifree": 1} and stats["replays"] == 1
-    assert stats["polls"] == {"apiframe": 0, "apifree": 1}
+    assert stats["submits"] == {"apiframe": 1, "apifree": 1, "gemini": 0}
+    assert stats["replays"] == 1
+    assert stats["polls"] == {"apiframe": 0, "apifree": 1, "gemini": 0}
     assert stats["faults"]["500"] == 1
     assert [j["provider"] for j in stats["jobs"]] == ["apiframe", "apifree"]
     assert set(stats["jobs"][0]) == {"provider", "remote_id", "idempotency_key", "prompt",
-                                     "model", "params", "n_refs", "ref_sha256s", "answered"}
+                                     "model", "params", "n_refs", "ref_sha256s", "answered",
+                                     "turns", "signatures", "history_sha256s",
+                                     "answer_signatures"}
     sim.stats.reset()
     assert sim.stats.snapshot()["requests"] == 0
 
@@ -821,7 +824,7 @@ def test_run_standalone_prints_serves_and_stops_on_sigterm() -> None:
         line = proc.stdout.readline().strip()
         prefix = "nbdesk simulator listening on http://127.0.0.1:"
         assert line.startswith(prefix)
-        assert line.endswith(" (Apiframe and APIFree APIs; any key accepted)")
+        assert line.endswith(" (Apiframe, APIFree and Gemini APIs; any key accepted)")
         base = line.removeprefix("nbdesk simulator listening on ").split(" ")[0]
         with httpx.Client(base_url=base) as c:
             rid = fr_submit(c).json()["resp_data"]["request_id"]

@@ -97,6 +97,8 @@ class UiEnv:
             **UI_KEYS,
             "NBDESK_APIFRAME_BASE_URL": sim.base_url,
             "NBDESK_APIFREE_BASE_URL": sim.base_url,
+            "NBDESK_GEMINI_API_KEY": "ui-gemini-key-0003",
+            "NBDESK_GEMINI_BASE_URL": sim.base_url,
         }
         self.rt = Runtime.open(self.env)
         self.http = make_client(timeout=10.0)

@@ -13,7 +13,7 @@ from PySide6.QtCore import QMimeData, Qt, QUrl
 from PySide6.QtWidgets import QApplication, QComboBox
 from pytestqt.qtbot import QtBot
 
-from nbdesk.api.capabilities import ALL_RATIOS, APIFRAME, APIFREE
+from nbdesk.api.capabilities import ALL_RATIOS, APIFRAME, APIFREE, GEMINI
 from nbdesk.core.jobs import JobParams, JobSpec, JobState
 from nbdesk.core.secrets import SecretStore
 from nbdesk.ui.composer import HISTORY_MAX, HISTORY_NAME, Composer
@@ -73,7 +73,7 @@ def test_controls_follow_the_capability_table(composer: Composer) -> None:
     c = composer
     assert c.provider_choice() == "apiframe"  # settings.default_provider, key in the env
     assert [c.provider_combo.itemData(i) for i in range(c.provider_combo.count())] == [
-        "demo", "apiframe", "apifree"]
+        "demo", "apiframe", "apifree", "gemini"]
     assert items(c.model_combo) == [m.label for m in APIFRAME.models]
 
     # Nano Banana: five ratios, no resolution, formats, search grounding, no cache key.
@@ -109,9 +109,10 @@ def test_controls_follow_the_capability_table(composer: Composer) -> None:
     assert [c.model_combo.itemData(i) for i in range(c.model_combo.count())] == [
         "google/nano-banana-pro"]
     assert not c.format_combo.isEnabled() and "format" in c.format_combo.toolTip()
-    for box in (c.google_search, c.image_search):
+    for box, missing in ((c.google_search, "no search grounding"),
+                         (c.image_search, "no image search"), (c.with_text, "images only")):
         assert not box.isEnabled() and not box.isChecked()
-        assert "no search grounding" in box.toolTip()
+        assert missing in box.toolTip()
     assert c.cache_key.isEnabled()
     assert c.resolution_combo.isEnabled() and items(c.ratio_combo) == list(ALL_RATIOS)
     assert c.length_label.text() == "0 / 20000" and c.tray.max_refs() == 14
@@ -128,6 +129,46 @@ def test_controls_follow_the_capability_table(composer: Composer) -> None:
     assert "simulator" in c.hint_text()
     spec = c.spec()
     assert (spec.provider, spec.demo) == ("apiframe", True)
+
+
+def test_gemini_controls_follow_the_table_and_url_references_are_refused(
+    qtbot: QtBot, ui_env: UiEnv, composer: Composer, messages: list[tuple[str, str]],
+    tmp_path: Path,
+) -> None:
+    c = composer
+    assert c.select_provider("gemini")
+    assert items(c.model_combo) == [m.label for m in GEMINI.models]
+    # Nano Banana (flash): all ten ratios, no size, no format, no search; text on request.
+    assert c.select_model("gemini-2.5-flash-image")
+    assert items(c.ratio_combo) == list(ALL_RATIOS)
+    assert not c.resolution_combo.isEnabled() and not c.format_combo.isEnabled()
+    assert not c.google_search.isEnabled() and not c.image_search.isEnabled()
+    assert c.with_text.isEnabled() and c.tray.max_refs() == 3
+    assert "no URLs" in c.tray.toolTip()
+    c.with_text.setChecked(True)
+    assert c.spec().params == JobParams(aspect_ratio="1:1", with_text=True)
+    # Nano Banana Pro: 1K/2K/4K, Google search (no image search), 14 references.
+    assert c.select_model("gemini-3-pro-image-preview")
+    assert items(c.resolution_combo) == ["1K", "2K", "4K"]
+    assert c.google_search.isEnabled() and not c.image_search.isEnabled()
+    assert c.tray.max_refs() == 14
+    c.resolution_combo.setCurrentText("4K")
+    c.google_search.setChecked(True)
+    spec = c.spec()
+    assert (spec.provider, spec.model, spec.demo) == (
+        "gemini", "gemini-3-pro-image-preview", False)
+    assert spec.params == JobParams(aspect_ratio="1:1", resolution="4K", google_search=True,
+                                    with_text=True)
+
+    # A URL reference cannot go to Gemini: refused inline, nothing written or sent.
+    with qtbot.waitSignal(c.tray.changed, timeout=5000):
+        c.tray.add_sources([str(png(tmp_path / "a.png")), "https://example.com/b.png"])
+    c.set_prompt("combine them")
+    assert c.queue() is None
+    assert "local files only" in c.status_text() and "1 URL reference" in c.status_text()
+    assert messages[-1] == ("warning", c.status_text())
+    assert ui_env.rt.library.jobs() == []
+    assert ui_env.sim.stats.requests == 0
 
 
 def test_ctrl_enter_queues_a_job_that_completes(

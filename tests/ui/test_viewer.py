@@ -338,3 +338,44 @@ def test_reveal_opens_the_folder(qtbot: QtBot, ui_env: UiEnv, three: list[int]) 
         QDesktopServices.unsetUrlHandler("file")
     assert [u.toLocalFile() for u in handler.urls] == [
         str(ui_env.rt.library.item(three[0]).path.parent)]
+
+
+def test_a_gemini_edit_chain_is_shown_and_edit_continues_it(
+    qtbot: QtBot, ui_env: UiEnv
+) -> None:
+    """Three Gemini images, each an Edit of the one before: the middle one's details link
+    to its ancestor and to its edit, and say which thought signatures it keeps."""
+    from nbdesk.core.jobs import JobSpec
+    from tests.ui.conftest import run_async
+
+    ctl = ui_env.controller
+    ids: list[int] = []
+    for prompt in ("a paper boat", "make it red", "add a sail"):
+        parent = ids[-1] if ids else None
+        refs = (str(ctl.library.item(parent).path),) if parent is not None else ()
+        spec = JobSpec("gemini", "gemini-3-pro-image-preview", prompt,
+                       JobParams(resolution="1K", with_text=True), refs=refs,
+                       parent_item=parent)
+        with qtbot.waitSignal(ctl.itemsAdded, timeout=15_000) as added:
+            run_async(qtbot, ctl.submit(spec))
+        ids.append(added.args[0][0])
+    first, middle, last = ids
+    assert ui_env.sim.stats.jobs[-1].turns == 5  # the whole chain went back
+
+    viewer = make_viewer(qtbot, ui_env)
+    open_at(qtbot, viewer, ids, middle)
+    qtbot.waitUntil(lambda: "edited into" in viewer.parent_label.text(), timeout=10_000)
+    chain = viewer.parent_label.text()
+    assert f'href="item:{first}"' in chain and f"<b>#{middle}</b>" in chain
+    assert f'edited into <a href="item:{last}">#{last}</a>' in chain
+    assert viewer.context_label.text().startswith("2 thought signatures kept")
+    assert viewer.answer_label.text().startswith("Here is the image")
+
+    with qtbot.waitSignal(ctl.editRequested) as edit:
+        viewer.edit_action.trigger()
+    assert edit.args[0].id == middle
+    with qtbot.waitSignal(viewer.imageLoaded, timeout=10_000) as loaded:
+        viewer.parent_label.linkActivated.emit(f"item:{first}")
+    assert loaded.args == [first]
+    qtbot.waitUntil(lambda: "edited into" in viewer.parent_label.text(), timeout=10_000)
+    assert viewer.parent_label.text() == f'edited into <a href="item:{middle}">#{middle}</a>'
