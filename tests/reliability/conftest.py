@@ -86,6 +86,7 @@ SWEEP_KEYS = {
     "harness apifree key": harness.APIFREE_KEY,
     "window apiframe key": UI_KEYS["NBDESK_APIFRAME_API_KEY"],
     "window apifree key": UI_KEYS["NBDESK_APIFREE_API_KEY"],
+    "window gemini key": UI_KEYS["NBDESK_GEMINI_API_KEY"],
     "bad-input apiframe key": "frame-test-key-123",
 }
 _SWEPT: list[Path] = []

@@ -80,7 +80,8 @@ def run_async(qtbot: QtBot, coro: Coroutine[Any, Any, T], timeout: int = 15_000)
 
 
 #: The keys UiEnv's runtime uses (from its environment).
-UI_KEYS = {"NBDESK_APIFRAME_API_KEY": "ui-frame-key-0001",
+UI_KEYS = {"NBDESK_GEMINI_API_KEY": "ui-gemini-key-0003",
+           "NBDESK_APIFRAME_API_KEY": "ui-frame-key-0001",
            "NBDESK_APIFREE_API_KEY": "ui-free-key-0002"}
 
 
@@ -97,7 +98,6 @@ class UiEnv:
             **UI_KEYS,
             "NBDESK_APIFRAME_BASE_URL": sim.base_url,
             "NBDESK_APIFREE_BASE_URL": sim.base_url,
-            "NBDESK_GEMINI_API_KEY": "ui-gemini-key-0003",
             "NBDESK_GEMINI_BASE_URL": sim.base_url,
         }
         self.rt = Runtime.open(self.env)
