@@ -9,17 +9,20 @@ Sleeping and randomness are injected so tests run with a fake clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import json
 import logging
 import os
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -274,6 +277,135 @@ def check_download_url(url: str) -> None:
         raise ProtocolError(f"the provider returned a result URL that is not http(s): {url[:80]!r}")
 
 
+#: The writer flushes a download to disk every so many bytes while it still streams.
+_SYNC_EVERY = 16 << 20
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # not on macOS/Windows
+
+
+class _BlockWriter:
+    """Hashes and writes a download's blocks on a thread of its own.
+
+    The event loop only queues blocks (``put``), so hashing and disk writes overlap the
+    transfer and cost the loop no thread round trip per block. The thread owns the file
+    from ``open`` to ``close``/``unlink``: however the download ends (success, error,
+    cancellation at any await point) the handle is closed and a discarded temp file
+    removed by the one thread that holds it. At most ``max_queued`` bytes wait in memory;
+    past that ``put`` waits for the writer (back-pressure on the socket).
+    """
+
+    def __init__(self, dest: Path, loop: asyncio.AbstractEventLoop, max_queued: int) -> None:
+        self._dest = dest
+        self._loop = loop
+        self._max_queued = max_queued
+        self._cond = threading.Condition()
+        self._blocks: deque[bytes | None] = deque()  # None: the end, keep the file
+        self._queued = 0
+        self._abort = False
+        self._error: BaseException | None = None
+        self._kept = False  # the thread closed a complete file and left it in place
+        self._room: asyncio.Future[None] | None = None
+        self._digest = hashlib.sha256()
+        self._done: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(target=self._run, name="nbdesk-download", daemon=True)
+        self._thread.start()
+
+    # -- the event loop's side
+
+    async def put(self, block: bytes) -> None:
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            self._blocks.append(block)
+            self._queued += len(block)
+            room = None
+            if self._queued > self._max_queued:
+                room = self._room = self._loop.create_future()
+            self._cond.notify()
+        if room is not None:
+            await room
+
+    async def finish(self) -> str:
+        """Flush, fsync and close the file; the SHA-256 of everything put."""
+        with self._cond:
+            self._blocks.append(None)
+            self._cond.notify()
+        await asyncio.shield(self._done)
+        if self._error is not None:
+            raise self._error
+        return self._digest.hexdigest()
+
+    async def discard(self) -> None:
+        """Stop writing, close the file and remove it; waits until that is done."""
+        with self._cond:
+            self._abort = True
+            self._blocks.clear()
+            self._cond.notify()
+        await asyncio.shield(self._done)
+        if self._kept:  # finished, but the download failed after (cancelled in finish())
+            await asyncio.shield(asyncio.to_thread(self._dest.unlink, missing_ok=True))
+
+    # -- the writer thread
+
+    def _run(self) -> None:
+        fh: BinaryIO | None = None
+        error: BaseException | None = None
+        unsynced = 0
+        try:
+            fh = open(self._dest, "wb")  # noqa: SIM115 (closed below, on every path)
+            while True:
+                with self._cond:
+                    while not self._blocks and not self._abort:
+                        self._cond.wait()
+                    if self._abort:
+                        break
+                    block = self._blocks.popleft()
+                    if block is not None:
+                        self._queued -= len(block)
+                        self._wake_putter()
+                if block is None:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    fh.close()
+                    fh = None
+                    self._kept = True
+                    break
+                self._digest.update(block)  # releases the GIL for large blocks
+                fh.write(block)
+                unsynced += len(block)
+                if unsynced >= _SYNC_EVERY:  # so that the final fsync has little left to do
+                    fh.flush()
+                    _datasync(fh.fileno())
+                    unsynced = 0
+        except BaseException as exc:
+            error = exc
+        finally:
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
+            if error is not None or self._abort:
+                with contextlib.suppress(OSError):
+                    self._dest.unlink(missing_ok=True)
+            with self._cond:
+                if error is not None:
+                    self._error = error
+                self._wake_putter()
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                self._loop.call_soon_threadsafe(_resolve, self._done)
+
+    def _wake_putter(self) -> None:
+        # Under the lock. A waiting put() resumes once the queue is half drained.
+        room = self._room
+        if room is not None and (self._queued <= self._max_queued // 2 or self._error
+                                 or self._abort):
+            self._room = None
+            self._loop.call_soon_threadsafe(_resolve, room)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def download_to(
     client: httpx.AsyncClient,
     url: str,
@@ -281,19 +413,21 @@ async def download_to(
     *,
     max_bytes: int,
     chunk: int = 1 << 20,
+    max_queued: int = 8 << 20,
 ) -> Download:
     """Stream ``url`` into ``dest`` (a temp path): hashed, size-capped, fsynced.
 
     The caller checks the content and renames it into place. On any failure the
     partial file is removed and a typed error raised (TransientError for network
-    trouble and short bodies, ProtocolError for an oversize or unusable answer).
+    trouble and short bodies, ProtocolError for an oversize or unusable answer);
+    ``OSError`` when the file cannot be written. Hashing and file work run on a writer
+    thread (the loop may be the GUI's); cancelled at any point, the download leaves no
+    open handle and no file behind once it has unwound.
     """
     check_download_url(url)
     what = "download"
-    digest = hashlib.sha256()
     size = 0
-    # File work (open, write, fsync, unlink) goes to a thread: the loop may be the GUI's.
-    fh = None
+    writer: _BlockWriter | None = None
     try:
         async with client.stream("GET", url) as response:
             if response.status_code >= 400:
@@ -308,41 +442,33 @@ async def download_to(
                     f"over the {_mib(max_bytes)} limit"
                 )
             ctype = response.headers.get("content-type", "")
-            fh = await asyncio.to_thread(open, dest, "wb")
+            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued)
             async for block in response.aiter_raw(chunk):
                 size += len(block)
                 if size > max_bytes:
                     raise ProtocolError(f"{what}: the image is over the {_mib(max_bytes)} limit")
-                digest.update(block)
-                await asyncio.to_thread(fh.write, block)
-            await asyncio.to_thread(_sync_close, fh)
-            fh = None
+                await writer.put(block)
             if declared is not None and declared.isdigit() and int(declared) != size:
                 raise TransientError(f"{what}: the connection ended early ({size} of {declared})")
+            if size == 0:
+                raise ProtocolError(f"{what}: the provider sent an empty file")
+        sha256 = await writer.finish()
     except httpx.HTTPError as exc:
-        await asyncio.to_thread(_discard, fh, dest)
+        await _discard(writer, dest)
         if isinstance(exc, httpx.TimeoutException):
             raise TransientError(f"{what}: timed out ({_reason(exc)})") from None
         raise TransientError(f"{what}: connection failed ({_reason(exc)})") from None
     except BaseException:
-        await asyncio.shield(asyncio.to_thread(_discard, fh, dest))
+        await _discard(writer, dest)
         raise
-    if size == 0:
-        await asyncio.to_thread(_discard, None, dest)
-        raise ProtocolError(f"{what}: the provider sent an empty file")
-    return Download(path=dest, size=size, sha256=digest.hexdigest(), content_type=ctype)
+    return Download(path=dest, size=size, sha256=sha256, content_type=ctype)
 
 
-def _sync_close(fh: Any) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-    fh.close()
-
-
-def _discard(fh: Any, dest: Path) -> None:
-    if fh is not None:
-        fh.close()
-    dest.unlink(missing_ok=True)
+async def _discard(writer: _BlockWriter | None, dest: Path) -> None:
+    if writer is not None:
+        await writer.discard()  # the writer thread closes and removes its file
+    else:  # a stale file of an earlier attempt
+        await asyncio.shield(asyncio.to_thread(dest.unlink, missing_ok=True))
 
 
 def _mib(n: int) -> str:
