@@ -8,6 +8,10 @@ import gc
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PySide6.QtWidgets import QWidget
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +24,31 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def first_paint(widget: QWidget) -> asyncio.Future[None]:
+    """A future resolved once ``widget`` has been painted for the first time."""
+    from PySide6.QtCore import QEvent, QObject
+
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    class Watch(QObject):
+        def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+            if event.type() == QEvent.Type.Paint:
+                if not future.done():
+                    future.set_result(None)  # the waiter resumes after this paint
+                widget.removeEventFilter(self)
+                self.deleteLater()
+            return False
+
+    widget.installEventFilter(Watch(widget))
+    return future
+
+
 def main(argv: Sequence[str] = ()) -> int:
     import qasync
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     from nbdesk.core.library import LibraryError
-    from nbdesk.core.runtime import Runtime, setup_logging
+    from nbdesk.core.runtime import Runtime, setup_logging, start_engine
 
     app = QApplication.instance() or QApplication([sys.argv[0], *argv])
     assert isinstance(app, QApplication)
@@ -57,10 +80,15 @@ def main(argv: Sequence[str] = ()) -> int:
     app.aboutToQuit.connect(closed.set)
 
     async def run() -> None:
-        async with rt.engine(take_over=True, resume=True) as engine:
+        async with rt.engine(take_over=True, resume=True, start=False) as engine:
             window = MainWindow(Controller(rt, engine))
             window.closed.connect(closed.set)
+            painted = first_paint(window)
             window.show()
+            # Paint first, then wire: the HTTP client (SSL context), resumed jobs.
+            with contextlib.suppress(TimeoutError):  # never painted (minimized): go on
+                await asyncio.wait_for(painted, 0.5)
+            await start_engine(engine, resume=True)
             asyncio.get_running_loop().call_later(1.0, settle_heap)
             await closed.wait()
         # leaving the block stopped the engine: unfinished jobs resume on the next start

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from nbdesk.api.base import (
     GenerationRequest,
@@ -19,6 +17,9 @@ from nbdesk.api.base import (
 from nbdesk.api.capabilities import APIFRAME
 from nbdesk.api.http import RetryPolicy, parse_json, raise_for_status, send, with_retries
 from nbdesk.api.validate import validate_request
+
+if TYPE_CHECKING:  # imported with the client (nbdesk.api.http.make_client)
+    import httpx
 
 _STATES = {
     "QUEUED": RemoteState.QUEUED,

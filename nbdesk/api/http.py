@@ -16,16 +16,15 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
-
-import httpx
 
 from nbdesk.api.base import (
     ApiError,
@@ -36,6 +35,9 @@ from nbdesk.api.base import (
     TransientError,
 )
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -45,8 +47,24 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 RETRY_STATUSES = frozenset({408, 409, 429})
 
 
+def _without_httpx_cli() -> None:
+    """Call before the first ``import httpx``.
+
+    httpx is imported where it is used rather than with this module (the window paints
+    before it needs an HTTP client). It also imports its command-line client (click,
+    rich, pygments: ~55 ms) whenever those are installed, as they are in the development
+    environment (import-linter brings them); nbdesk has no use for it, so it is kept out
+    (httpx then defines a stub ``main``)."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
 def make_client(timeout: float = 60.0, max_connections: int = 32) -> httpx.AsyncClient:
-    """The one AsyncClient of a process: opened at start, closed at shutdown."""
+    """The one AsyncClient of a process: opened at start, closed at shutdown. Safe to
+    call from a worker thread (its SSL context is the slow part)."""
+    _without_httpx_cli()
+    import httpx
+
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=15.0),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
@@ -193,6 +211,9 @@ async def send(
 
     The answer is read with a size cap (MAX_ANSWER_BYTES): an endless or huge body is a
     protocol error, not memory spent."""
+    _without_httpx_cli()
+    import httpx
+
     try:
         request = client.build_request(method, url, **kwargs)
         response = await client.send(request, stream=True)
@@ -425,6 +446,9 @@ async def download_to(
     open handle and no file behind once it has unwound.
     """
     check_download_url(url)
+    _without_httpx_cli()
+    import httpx
+
     what = "download"
     size = 0
     writer: _BlockWriter | None = None
