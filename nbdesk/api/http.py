@@ -19,8 +19,10 @@ import random
 import sys
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -61,17 +63,49 @@ def _without_httpx_cli() -> None:
 
 def make_client(timeout: float = 60.0, max_connections: int = 32) -> httpx.AsyncClient:
     """The one AsyncClient of a process: opened at start, closed at shutdown. Safe to
-    call from a worker thread (its SSL context is the slow part)."""
+    call from a worker thread (its SSL context and imports are the slow part)."""
     _without_httpx_cli()
     import httpx
 
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=15.0),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         verify=True,
     )
+    _POOL_SIZE[client] = max_connections
+    # httpcore loads its async backend (anyio, sniffio) at the first request; here, on
+    # the worker thread that makes the client in the app, not on the GUI thread.
+    with contextlib.suppress(ImportError):
+        import anyio._backends._asyncio  # noqa: F401
+        import sniffio  # noqa: F401
+    return client
+
+
+#: Clients made by make_client -> their connection pool size.
+_POOL_SIZE: weakref.WeakKeyDictionary[httpx.AsyncClient, int] = weakref.WeakKeyDictionary()
+_SLOTS: weakref.WeakKeyDictionary[httpx.AsyncClient, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+@contextlib.asynccontextmanager
+async def _slot(client: httpx.AsyncClient) -> AsyncIterator[None]:
+    """Hold one of the client's connections for a request (make_client's clients only).
+
+    Requests beyond the pool size wait here, in a plain FIFO, rather than in httpcore's
+    pool, which re-examines every connection for every waiting request each time one is
+    released: with hundreds of jobs polling at once that scan was a visible share of
+    the event loop's (the GUI thread's) time."""
+    size = _POOL_SIZE.get(client)
+    if size is None:
+        yield
+        return
+    sem = _SLOTS.get(client)
+    if sem is None:
+        sem = _SLOTS[client] = asyncio.Semaphore(size)
+    async with sem:
+        yield
 
 
 def check_base_url(url: str) -> str:
@@ -216,23 +250,8 @@ async def send(
 
     try:
         request = client.build_request(method, url, **kwargs)
-        response = await client.send(request, stream=True)
-        try:
-            body = bytearray()
-            async for block in response.aiter_raw():
-                body += block
-                if len(body) > MAX_ANSWER_BYTES:
-                    limit = _mib(MAX_ANSWER_BYTES)
-                    raise ProtocolError(
-                        f"{what}: the provider's answer is too large (over {limit}); refused",
-                        status=response.status_code,
-                    )
-        finally:
-            await response.aclose()
-        return httpx.Response(
-            response.status_code, headers=response.headers, content=bytes(body),
-            request=request,
-        )
+        async with _slot(client):
+            return await _send(client, request, what)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise TransientError(
             f"{what}: cannot reach the provider ({_reason(exc)})", sent=False
@@ -245,6 +264,28 @@ async def send(
         raise TransientError(f"{what}: connection failed ({_reason(exc)})") from None
     except httpx.InvalidURL as exc:
         raise ProtocolError(f"{what}: invalid URL ({exc})") from None
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request, what: str) -> httpx.Response:
+    import httpx
+
+    response = await client.send(request, stream=True)
+    try:
+        body = bytearray()
+        async for block in response.aiter_raw():
+            body += block
+            if len(body) > MAX_ANSWER_BYTES:
+                limit = _mib(MAX_ANSWER_BYTES)
+                raise ProtocolError(
+                    f"{what}: the provider's answer is too large (over {limit}); refused",
+                    status=response.status_code,
+                )
+    finally:
+        await response.aclose()
+    return httpx.Response(
+        response.status_code, headers=response.headers, content=bytes(body),
+        request=request,
+    )
 
 
 def _reason(exc: Exception) -> str:
@@ -304,7 +345,7 @@ _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # not on 
 
 
 class _BlockWriter:
-    """Hashes and writes a download's blocks on a thread of its own.
+    """Hashes and writes a download's blocks on a (pooled) thread.
 
     The event loop only queues blocks (``put``), so hashing and disk writes overlap the
     transfer and cost the loop no thread round trip per block. The thread owns the file
@@ -327,8 +368,8 @@ class _BlockWriter:
         self._room: asyncio.Future[None] | None = None
         self._digest = hashlib.sha256()
         self._done: asyncio.Future[None] = loop.create_future()
-        self._thread = threading.Thread(target=self._run, name="nbdesk-download", daemon=True)
-        self._thread.start()
+        # A pooled thread: starting a new one waits for it to run, on the loop's thread.
+        _writer_pool().submit(self._run)
 
     # -- the event loop's side
 
@@ -376,7 +417,8 @@ class _BlockWriter:
             while True:
                 with self._cond:
                     while not self._blocks and not self._abort:
-                        self._cond.wait()
+                        if not self._cond.wait(timeout=1.0) and self._orphaned():
+                            self._abort = True
                     if self._abort:
                         break
                     block = self._blocks.popleft()
@@ -413,6 +455,11 @@ class _BlockWriter:
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 self._loop.call_soon_threadsafe(_resolve, self._done)
 
+    def _orphaned(self) -> bool:
+        """Nobody will send more: the loop is gone, or the interpreter is exiting (the
+        pool's threads are joined at exit, so the writer must not wait forever)."""
+        return self._loop.is_closed() or not threading.main_thread().is_alive()
+
     def _wake_putter(self) -> None:
         # Under the lock. A waiting put() resumes once the queue is half drained.
         room = self._room
@@ -420,6 +467,20 @@ class _BlockWriter:
                                  or self._abort):
             self._room = None
             self._loop.call_soon_threadsafe(_resolve, room)
+
+
+_WRITERS: list[ThreadPoolExecutor] = []
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_pool() -> ThreadPoolExecutor:
+    """The download writers' threads, made as needed and reused. At most as many as
+    downloads can run at once (a connection each); a download whose writer has not
+    started yet queues up to max_queued bytes, then waits."""
+    with _WRITERS_LOCK:
+        if not _WRITERS:
+            _WRITERS.append(ThreadPoolExecutor(64, thread_name_prefix="nbdesk-download"))
+        return _WRITERS[0]
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -453,7 +514,7 @@ async def download_to(
     size = 0
     writer: _BlockWriter | None = None
     try:
-        async with client.stream("GET", url) as response:
+        async with _slot(client), client.stream("GET", url) as response:
             if response.status_code >= 400:
                 await response.aread()
                 raise_for_status(response, what)

@@ -110,6 +110,9 @@ END;
 #: Each entry upgrades from version (index) to version (index + 1).
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
 
+#: UPDATE ... RETURNING (SQLite 3.35+)
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
 
 class LibraryError(Exception):
     """The library cannot be opened or written; ``str()`` is user-facing."""
@@ -370,6 +373,12 @@ class Library:
         if owner is not None:
             sql += " AND lease_owner = ?"
             args.append(owner)
+        if _RETURNING:  # the updated row in the same statement, not a second query
+            with self._write() as conn:
+                rows = conn.execute(sql + " RETURNING *", args).fetchall()
+            if len(rows) != 1:
+                raise LeaseLost(job_id)
+            return Job.from_row(rows[0])
         with self._write() as conn:
             if conn.execute(sql, args).rowcount != 1:
                 raise LeaseLost(job_id)

@@ -5,9 +5,10 @@ for 100,000 rows). ``Item`` records are fetched a page at a time when a row is f
 painted, and thumbnails come from the shared ``ThumbnailCache``; nothing here reads a
 file or the database on the GUI thread.
 
-A reload after ``libraryChanged`` / ``itemsAdded`` is applied as row insertions and
-removals when the order of the surviving rows did not change, so the selection and the
-scroll position stay where they were; a new filter resets the model.
+A reload after ``libraryChanged`` is applied as row insertions and removals when the
+order of the surviving rows did not change, so the selection and the scroll position stay
+where they were; a new filter resets the model. Items a job stored here (``itemsAdded``)
+are inserted on top directly when the grid is unfiltered.
 """
 
 from __future__ import annotations
@@ -176,6 +177,8 @@ class LibraryModel(QAbstractListModel):
         self._loading = False
         self._again = False
         self._want_reset = False
+        self._adding: list[int] = []  # ids announced by add_items, not inserted yet
+        self._add_pending = False
         self.loaded_once = False
         #: how many items were fetched from the database (lazy loading is measurable)
         self.fetched = 0
@@ -361,6 +364,50 @@ class LibraryModel(QAbstractListModel):
         """Re-read the ids (coalesces bursts of library changes into one query)."""
         if not self._timer.isActive():
             self._timer.start()
+
+    def add_items(self, ids: Sequence[int]) -> None:
+        """Items just stored here (a job completed). They are the newest, so in the
+        unfiltered grid they go on top as they are, without re-reading every id (with
+        many jobs finishing, a full reload per job kept the GUI thread busy); under a
+        filter, or when they do not sort first after all, the ids are re-read."""
+        if not ids:
+            return
+        self._adding.extend(i for i in ids if i not in self._adding)
+        if not self._add_pending:
+            self._add_pending = True
+            self.controller.spawn(self._run_add(), what="loading the new images")
+
+    async def _run_add(self) -> None:
+        try:
+            await asyncio.sleep(0)  # take every id announced in this turn in one go
+            ids, self._adding = self._adding, []
+            self._add_pending = False
+            items = await self.controller.items_by_id(ids)
+        except BaseException:
+            self._add_pending = False
+            raise
+        if not shiboken6.isValid(self):
+            return
+        new = sorted((it for it in items.values() if it.id not in self._rows),
+                     key=lambda it: (it.completed_at, it.id), reverse=True)
+        if not new:
+            return
+        top = self.item(self._ids[0]) if self._ids else None
+        if (self._filters or not self.loaded_once or self.is_loading() or self._want_reset
+                or any(it.deleted_at is not None for it in new)
+                or (self._ids and (top is None or (top.completed_at, top.id)
+                                   > (new[-1].completed_at, new[-1].id)))):
+            self.reload()
+            return
+        self.beginInsertRows(QModelIndex(), 0, len(new) - 1)
+        self._ids[0:0] = [it.id for it in new]
+        self._reindex()
+        for it in new:
+            self._items[it.id] = it
+        self._pages.clear()  # rows moved down: pages are asked for again (only missing ids)
+        self.endInsertRows()
+        self.countChanged.emit(len(self._ids))
+        self.reloaded.emit()
 
     def _schedule(self, *, reset: bool) -> None:
         self._want_reset = self._want_reset or reset
@@ -627,7 +674,7 @@ class LibraryView(QWidget):
         self.model.countChanged.connect(self._count_changed)
         self.list.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
         controller.libraryChanged.connect(self.model.reload)
-        controller.itemsAdded.connect(lambda _ids: self.model.reload())
+        controller.itemsAdded.connect(self.model.add_items)
         self._update_actions()
         self.apply_filters()
 

@@ -58,6 +58,7 @@ class MainWindow(QMainWindow):
         self.resize(1360, 860)
         self._settings_dialog: QWidget | None = None
         self._total_spend = 0.0
+        self._spend_running = self._spend_again = False
 
         # Thumbnails are decoded at the grid's display size in worker threads, so the
         # GUI thread only wraps them (scaling them here cost most of a scroll's time).
@@ -112,6 +113,7 @@ class MainWindow(QMainWindow):
         controller.message.connect(self._on_message)
         controller.jobFinished.connect(self._on_job_finished)
         controller.libraryChanged.connect(self.refresh_spend)
+        controller.itemsAdded.connect(lambda _ids: self.refresh_spend())
         self.messages.undoRequested.connect(controller.undo_trash)
         self.library.itemActivated.connect(self.open_item)
         self.queue.jobActivated.connect(self._open_job)
@@ -240,9 +242,22 @@ class MainWindow(QMainWindow):
         self.controller.spawn(run(), what="checking API keys")
 
     def refresh_spend(self) -> None:
+        """Add up the costs again; calls while a sum is running coalesce into one more."""
+        if self._spend_running:
+            self._spend_again = True
+            return
+        self._spend_running = True
+
         async def run() -> None:
-            total = await self.controller.total_cost()
-            self.spend_label.setText(f"Spent: ${total:.2f}")
+            try:
+                while True:
+                    self._spend_again = False
+                    total = await self.controller.total_cost()
+                    self.spend_label.setText(f"Spent: ${total:.2f}")
+                    if not self._spend_again:
+                        return
+            finally:
+                self._spend_running = False
 
         self.controller.spawn(run(), what="adding up costs")
 
