@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from PySide6.QtWidgets import QWidget
 
+    from nbdesk.ui.main_window import MainWindow
+
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +42,17 @@ def first_paint(widget: QWidget) -> asyncio.Future[None]:
             return False
 
     widget.installEventFilter(Watch(widget))
+    return future
+
+
+def first_screen(window: MainWindow) -> asyncio.Future[None]:
+    """A future resolved once the library grid's first screen is drawn."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if window.library.first_screen_shown:
+        future.set_result(None)
+    else:
+        window.library.firstScreenReady.connect(
+            lambda: None if future.done() else future.set_result(None))
     return future
 
 
@@ -85,9 +98,13 @@ def main(argv: Sequence[str] = ()) -> int:
             window.closed.connect(closed.set)
             painted = first_paint(window)
             window.show()
-            # Paint first, then wire: the HTTP client (SSL context), resumed jobs.
+            # Paint first, then the library's first screen, then wire: the HTTP client
+            # (imports and an SSL context on a worker thread, contending for the GIL),
+            # resumed jobs. A submit before that still works (the client is made then).
             with contextlib.suppress(TimeoutError):  # never painted (minimized): go on
                 await asyncio.wait_for(painted, 0.5)
+                await asyncio.wait_for(first_screen(window), 1.0)
+                await asyncio.wait_for(first_paint(window.library.list.viewport()), 0.2)
             await start_engine(engine, resume=True)
             asyncio.get_running_loop().call_later(1.0, settle_heap)
             await closed.wait()

@@ -585,10 +585,11 @@ class Library:
             filters.get("favourites", False), filters.get("since"), filters.get("until"),
             filters.get("trash", False),
         )
-        rows = self._query(
-            "SELECT items.id " + sql + " ORDER BY items.completed_at DESC, items.id DESC", args
-        )
-        return [r[0] for r in rows]
+        sql = "SELECT items.id " + sql + " ORDER BY items.completed_at DESC, items.id DESC"
+        with self._lock:  # plain tuples: no Row object per id
+            cur = self._conn.cursor()
+            cur.row_factory = None
+            return [item_id for (item_id,) in cur.execute(sql, args)]
 
     def items_by_id(self, ids: Sequence[int]) -> dict[int, Item]:
         out: dict[int, Item] = {}

@@ -177,6 +177,9 @@ class LibraryModel(QAbstractListModel):
         self._loading = False
         self._again = False
         self._want_reset = False
+        self._prefetch_first = False
+        #: about how many cells the grid shows at once (the view sets it from its size)
+        self.first_screen = 24
         self._adding: list[int] = []  # ids announced by add_items, not inserted yet
         self._add_pending = False
         self.loaded_once = False
@@ -315,6 +318,13 @@ class LibraryModel(QAbstractListModel):
             rows.append(row)
         if rows:
             self._changed(min(rows), max(rows))
+        if self._prefetch_first and self._ids and self._ids[0] in self._items:
+            self._prefetch_first = False
+            # The first screen's thumbnails: queued in reverse, so the loads (newest
+            # request first) go from the top row down; rows painted later jump ahead.
+            first = [self._items[i] for i in self._ids[:self.first_screen] if i in self._items]
+            for item in reversed(first):
+                self.thumbnails.get(item.id, item.path, item.sha256)
         self.pageLoaded.emit()
 
     def _decoration(self, item: Item) -> QPixmap:
@@ -429,7 +439,13 @@ class LibraryModel(QAbstractListModel):
                 if filters != self._filters:  # an answer for filters no longer shown
                     self._want_reset = True
                     continue
+                first = not self.loaded_once
                 self._apply(ids, reset=reset)
+                if first and self._ids:
+                    # Opening: ask for the first page now, not when the grid first paints
+                    # (a layout later), and its thumbnails as soon as it is here.
+                    self._prefetch_first = True
+                    self._request_page(0)
                 if not self._again:  # else the library changed meanwhile: read it again
                     return
         finally:
@@ -556,6 +572,9 @@ class LibraryView(QWidget):
     itemActivated = Signal(int)  # open this item (in the viewer)
     countChanged = Signal(int)  # how many images the grid shows
     exportFinished = Signal(list)  # paths written by an export
+    #: once, at start: the rows in view have their items and thumbnails (or there are
+    #: none). The window holds less urgent start-up work back until then.
+    firstScreenReady = Signal()
 
     def __init__(
         self,
@@ -675,6 +694,9 @@ class LibraryView(QWidget):
         self.list.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
         controller.libraryChanged.connect(self.model.reload)
         controller.itemsAdded.connect(self.model.add_items)
+        self.first_screen_shown = False
+        for signal in (self.model.reloaded, self.model.pageLoaded, self.thumbnails.ready):
+            signal.connect(self._check_first_screen)
         self._update_actions()
         self.apply_filters()
 
@@ -746,6 +768,32 @@ class LibraryView(QWidget):
 
     def is_empty_state(self) -> bool:
         return self.stack.currentWidget() is self.empty_label
+
+    def _cells_in_view(self) -> int:
+        grid = self.list.gridSize()
+        vp = self.list.viewport()
+        if grid.width() <= 0 or grid.height() <= 0:
+            return self.model.first_screen
+        columns = max(1, vp.width() // grid.width())
+        rows = max(1, -(-vp.height() // grid.height()))
+        return columns * rows
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        self.model.first_screen = self._cells_in_view()
+
+    def _check_first_screen(self, *_args: object) -> None:
+        if self.first_screen_shown or not self.model.loaded_once:
+            return
+        count = min(self.model.rowCount(), self._cells_in_view())
+        for row in range(count):
+            item = self.model.item_at(row)
+            if item is None or self.thumbnails.peek(item.id) is None:
+                return
+        self.first_screen_shown = True
+        for signal in (self.model.reloaded, self.model.pageLoaded, self.thumbnails.ready):
+            signal.disconnect(self._check_first_screen)
+        self.firstScreenReady.emit()
 
     def _remember_position(self) -> None:
         top = self.list.indexAt(QPoint(self.list.gridSize().width() // 2,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -122,8 +122,18 @@ class MainWindow(QMainWindow):
         self._let_combos_shrink()
         self._restore_layout()
         self.queue.reload()
-        self.refresh_keys()
-        self.refresh_spend()
+        # The spend sum and the key check (keyring's backend discovery: tens of ms of
+        # Python on another thread, contending for the GIL) wait until the library's
+        # first screen is drawn, or a second at most.
+        self._keys_checked = False
+        self.library.firstScreenReady.connect(self._first_key_check)
+        QTimer.singleShot(1000, self._first_key_check)
+
+    def _first_key_check(self) -> None:
+        if not self._keys_checked:
+            self._keys_checked = True
+            self.refresh_keys()
+            self.refresh_spend()
 
     # ------------------------------------------------------------------ building
 

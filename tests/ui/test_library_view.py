@@ -396,3 +396,25 @@ def test_new_items_go_on_top_without_a_reload(qtbot: QtBot, ui_env: UiEnv) -> No
     with qtbot.waitSignal(view.model.reloaded, timeout=10_000):
         c.itemsAdded.emit([other, match])
     assert rows(view) == [match, new, *old[::-1]]
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_first_screen_ready_once_items_and_thumbnails_are_in(
+    qtbot: QtBot, ui_env: UiEnv, count: int
+) -> None:
+    """At start the grid fetches its first page and that page's thumbnails without
+    waiting to be painted; firstScreenReady tells when the rows in view have both (the
+    window holds its key check and the HTTP client back until then)."""
+    ids = [add_item(ui_env.rt.library, f"picture {n}") for n in range(count)]
+    thumbs = ThumbnailCache(ui_env.rt.paths.thumbnails, size=128)
+    view = LibraryView(ui_env.controller, thumbs, icon_size=96)
+    thumbs.setParent(view)
+    seen: list[bool] = []
+    view.firstScreenReady.connect(lambda: seen.append(True))
+    with qtbot.waitSignal(view.firstScreenReady, timeout=10_000):
+        show_in_host(qtbot, view)
+    assert view.first_screen_shown and rows(view) == ids[::-1]
+    assert all(thumbs.peek(i) is not None for i in ids)
+    view.model.reload()  # later reloads do not announce it again
+    qtbot.waitUntil(lambda: not view.model.is_loading(), timeout=10_000)
+    assert seen == [True]
