@@ -39,12 +39,12 @@ def test_api_and_core_import_no_qt() -> None:
 
 
 def test_the_window_imports_no_network_keychain_or_simulator_before_it_paints() -> None:
-    """httpx (with its SSL set-up), keyring and the simulator load after the first paint
+    """httpx (with its SSL set-up), keyring, Pillow and the simulator load after the paint
     (the client on a worker thread, keyring in the keychain's threads, the simulator in
     Demo mode only): importing the window's modules must not pull them in."""
     code = ("import sys, nbdesk.app, nbdesk.ui.main_window, nbdesk.ui.controller, "
             "nbdesk.core.runtime; print(' '.join(sorted(m for m in "
-            "('httpx', 'keyring', 'nbdesk.sim', 'click', 'rich') if m in sys.modules)))")
+            "('httpx', 'keyring', 'nbdesk.sim', 'click', 'rich', 'PIL') if m in sys.modules)))")
     result = run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""

@@ -23,12 +23,15 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 from nbdesk.api.base import InputError, Reference
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# Pillow is imported at first use (it is not needed to open the window).
 
 #: Pixel cap for generated outputs (a 4K picture is ~16 megapixels).
 MAX_PIXELS = 120_000_000
@@ -38,12 +41,6 @@ MAX_REFERENCE_SIDE = 2048
 MAX_REFERENCE_BYTES = 30 * 1024 * 1024
 JPEG_QUALITY = 90
 
-# Pillow warns (and, at twice the value, raises) from Image.open on pictures bigger than
-# Image.MAX_IMAGE_PIXELS (~89 megapixels by default). We apply our own, explicit caps; lift
-# Pillow's process-wide one to our largest so that it does not fire first on pictures we
-# accept. Anything above is still refused (by Pillow or by us).
-if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 #: Pillow format name -> (our format name, file extension, MIME type). Only these formats
 #: are even tried: Pillow knows others (EPS would run Ghostscript) we have no use for.
@@ -101,15 +98,27 @@ def _bomb(error: Exception, max_pixels: int) -> ImageCheckError:
 
 @functools.cache
 def _open_formats() -> tuple[str, ...]:
+    from PIL import Image
+
+    # Pillow warns (and, at twice the value, raises) from Image.open on pictures bigger
+    # than Image.MAX_IMAGE_PIXELS (~89 megapixels by default). We apply our own, explicit
+    # caps; lift Pillow's process-wide one to our largest so that it does not fire first
+    # on pictures we accept. Anything above is still refused (by Pillow or by us). Every
+    # open here goes through this function first.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     Image.init()  # registers every plugin (MPO, WebP, TIFF are not among Pillow's first few)
     return tuple(f for f in _FORMATS if f in Image.OPEN)
 
 
 def _open(data: bytes | BinaryIO, max_pixels: int) -> Image.Image:
     """Identify an image (header only); the size is checked against ``max_pixels``."""
+    formats = _open_formats()
+    from PIL import Image, UnidentifiedImageError
+
     fp = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        im = Image.open(fp, formats=_open_formats())
+        im = Image.open(fp, formats=formats)
     except UnidentifiedImageError:
         raise ImageCheckError(f"not an image (or not a supported format: {_SUPPORTED})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -153,6 +162,8 @@ def _check(fp: BinaryIO, max_pixels: int) -> ImageInfo:
     * WebP: the RIFF length must equal the file's; small pictures are also decoded;
     * GIF, BMP, TIFF: structure checks, then a full decode.
     """
+    from PIL import Image
+
     with _open(fp, max_pixels) as im:
         info = _info(im)
         try:
@@ -264,6 +275,8 @@ def _needs_rotation(im: Image.Image) -> bool:
 def _encode_for_wire(data: bytes, max_side: int, max_pixels: int) -> tuple[bytes, str]:
     """Re-encode: EXIF orientation applied, long side <= max_side; PNG if the picture has
     transparency, else JPEG."""
+    from PIL import Image, ImageOps
+
     with _open(data, max_pixels) as src:
         if src.format in ("JPEG", "MPO"):
             # Let the JPEG decoder scale down by 1/2..1/8 while decoding: much faster.
