@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import hashlib
 import json
 import logging
@@ -148,6 +147,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # only here (~8 ms of imports the start-up need not pay)
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
