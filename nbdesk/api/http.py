@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import random
 import sys
 import threading
@@ -21,7 +22,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -369,8 +369,7 @@ class _BlockWriter:
         self._room: asyncio.Future[None] | None = None
         self._digest = hashlib.sha256()
         self._done: asyncio.Future[None] = loop.create_future()
-        # A pooled thread: starting a new one waits for it to run, on the loop's thread.
-        _writer_pool().submit(self._run)
+        _WRITERS.submit(self._run)
 
     # -- the event loop's side
 
@@ -457,9 +456,8 @@ class _BlockWriter:
                 self._loop.call_soon_threadsafe(_resolve, self._done)
 
     def _orphaned(self) -> bool:
-        """Nobody will send more: the loop is gone, or the interpreter is exiting (the
-        pool's threads are joined at exit, so the writer must not wait forever)."""
-        return self._loop.is_closed() or not threading.main_thread().is_alive()
+        """Nobody will send more: the loop is gone (its coroutine never finished)."""
+        return self._loop.is_closed()
 
     def _wake_putter(self) -> None:
         # Under the lock. A waiting put() resumes once the queue is half drained.
@@ -470,18 +468,43 @@ class _BlockWriter:
             self._loop.call_soon_threadsafe(_resolve, room)
 
 
-_WRITERS: list[ThreadPoolExecutor] = []
-_WRITERS_LOCK = threading.Lock()
+class _DaemonPool:
+    """Reused daemon threads for the download writers. Starting a thread waits until it
+    runs (on the loop's thread, which may be the GUI's), so threads are kept for the next
+    download; daemon ones, so that a writer can never hold up the interpreter's exit (the
+    temp file it leaves is swept at the next start)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            grow = self._idle == 0
+            if grow:
+                self._count += 1
+                name = f"{self._name}-{self._count}"
+            else:
+                self._idle -= 1
+        self._jobs.put(fn)
+        if grow:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            fn = self._jobs.get()
+            try:
+                fn()
+            except BaseException:  # the writers catch everything; never lose the thread
+                log.exception("download writer failed")
+            with self._lock:
+                self._idle += 1
 
 
-def _writer_pool() -> ThreadPoolExecutor:
-    """The download writers' threads, made as needed and reused. At most as many as
-    downloads can run at once (a connection each); a download whose writer has not
-    started yet queues up to max_queued bytes, then waits."""
-    with _WRITERS_LOCK:
-        if not _WRITERS:
-            _WRITERS.append(ThreadPoolExecutor(64, thread_name_prefix="nbdesk-download"))
-        return _WRITERS[0]
+_WRITERS = _DaemonPool("nbdesk-download")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
