@@ -419,3 +419,22 @@ async def test_a_cancelled_download_leaves_no_handle_and_no_file(
     else:
         pytest.fail("the download never completed")
     assert cancelled > 10
+
+
+async def test_a_download_that_cannot_be_written_raises_oserror(
+    sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
+    sim_clock: SimClock,
+) -> None:
+    """The writer thread's failure (here: no such folder) reaches the caller as the
+    OSError it is (the engine reports it as a storage problem), and nothing is left."""
+    client = frame(sim, http, policy)
+    job = await client.submit(GenerationRequest(model="nano-banana", prompt="x"), "w")
+    sim_clock.advance(5)
+    url = (await client.poll(job.remote_id)).urls[0]
+    dest = tmp_path / "missing" / "w.part"
+    with pytest.raises(FileNotFoundError):
+        await download_to(http, url, dest, max_bytes=50_000_000, chunk=16_384)
+    assert not dest.exists() and _open_handles(dest) == []
+    # the same client downloads normally afterwards (the connection was released)
+    got = await download_to(http, url, tmp_path / "ok.part", max_bytes=50_000_000)
+    assert probe_file(got.path).width > 0
