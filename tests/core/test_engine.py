@@ -6,12 +6,10 @@ import asyncio
 import base64
 import hashlib
 import io
-import threading
 import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -463,25 +461,3 @@ async def test_resumed_download_asks_for_fresh_links(engine_env: EngineEnv) -> N
     assert job.state is JobState.COMPLETED, job.error
     assert job.result_urls and job.result_urls[0].startswith(engine_env.sim.base_url)
     assert engine_env.sim.stats.submits["apiframe"] == 1
-
-
-async def test_connector_makes_its_client_off_the_loop_and_closes_it() -> None:
-    from nbdesk.api.http import make_client
-    from nbdesk.core.connector import Connector
-    from nbdesk.core.secrets import SecretStore
-    from nbdesk.core.settings import Settings
-
-    made: list[str] = []
-
-    def factory() -> httpx.AsyncClient:
-        made.append(threading.current_thread().name)
-        return make_client(timeout=5.0)
-
-    connector = Connector(factory, SecretStore(environ={}), Settings())
-    await connector.open_http()
-    client = connector.http
-    assert made and made[0] != threading.main_thread().name
-    await connector.open_http()
-    assert connector.http is client and len(made) == 1
-    await connector.close()
-    assert client.is_closed
