@@ -2,8 +2,9 @@
 
 ``python -m bench.probes NAME`` with NAME one of:
 
-* ``startup-phases``: timestamps of the app's start-up phases (imports by package, runtime,
-  HTTP client, window construction, show, first paint), process start = 0.
+* ``startup-phases``: timestamps of the app's start-up phases up to the first paint
+  (imports in the app's order, runtime, window construction, show), process start = 0.
+  The HTTP client and the engine start after the first paint and are not in it.
 * ``queue-tick``: the queue panel's once-a-second ``JobsModel.tick`` at 50/100/200 running
   jobs, with the panel's ResizeToContents columns and with Interactive ones.
 * ``download``: the engine's download path against alternatives (verify-only image

@@ -132,23 +132,15 @@ def phases(t_spawn: float) -> None:
     import qasync  # noqa: F401
 
     mark("import asyncio + qasync")
-    import httpx  # noqa: F401
-
-    mark("import httpx")
-    import keyring  # noqa: F401
-
-    mark("import keyring")
-    import nbdesk.sim  # noqa: F401
-
-    mark("import nbdesk.sim")
     import nbdesk.core.runtime as rtm
 
-    mark("import rest of nbdesk.core")
+    mark("import nbdesk.core (runtime, engine, library, api)")
+    import nbdesk.ui.library_view  # noqa: F401
+
+    mark("import nbdesk.ui.library_view (first Qt model/view types)")
     import nbdesk.ui.main_window as mw
 
-    mark("import nbdesk.ui")
-    import nbdesk.api.http as http
-    import nbdesk.core.engine as eng
+    mark("import the rest of nbdesk.ui")
     from nbdesk.app import main
 
     orig_open = rtm.Runtime.open.__func__  # type: ignore[attr-defined]
@@ -160,23 +152,6 @@ def phases(t_spawn: float) -> None:
         return r
 
     rtm.Runtime.open = classmethod(open_)  # type: ignore[method-assign,assignment]
-    orig_client = http.make_client
-
-    def make_client(*a: Any, **k: Any) -> Any:
-        mark("logging, crash handler, qasync loop")
-        r = orig_client(*a, **k)
-        mark("make_client (httpx.AsyncClient, SSL context)")
-        return r
-
-    rtm.make_client = make_client  # type: ignore[assignment]
-    orig_start = eng.Engine.start
-
-    async def start(self: Any, *a: Any, **k: Any) -> Any:
-        r = await orig_start(self, *a, **k)
-        mark("Engine.start")
-        return r
-
-    eng.Engine.start = start  # type: ignore[method-assign]
 
     class Probe(mw.MainWindow):
         def __init__(self, *a: Any, **k: Any) -> None:

@@ -8,6 +8,12 @@ import gc
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PySide6.QtWidgets import QWidget
+
+    from nbdesk.ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +26,43 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def first_paint(widget: QWidget) -> asyncio.Future[None]:
+    """A future resolved once ``widget`` has been painted for the first time."""
+    from PySide6.QtCore import QEvent, QObject
+
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    class Watch(QObject):
+        def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+            if event.type() == QEvent.Type.Paint:
+                if not future.done():
+                    future.set_result(None)  # the waiter resumes after this paint
+                widget.removeEventFilter(self)
+                self.deleteLater()
+            return False
+
+    widget.installEventFilter(Watch(widget))
+    return future
+
+
+def first_screen(window: MainWindow) -> asyncio.Future[None]:
+    """A future resolved once the library grid's first screen is drawn."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    if window.library.first_screen_shown:
+        future.set_result(None)
+    else:
+        window.library.firstScreenReady.connect(
+            lambda: None if future.done() else future.set_result(None))
+    return future
+
+
 def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     """``files``: image paths to open (the command line's, "Open with nbdesk")."""
     import qasync
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     from nbdesk.core.library import LibraryError
-    from nbdesk.core.runtime import Runtime, setup_logging
+    from nbdesk.core.runtime import Runtime, setup_logging, start_engine
 
     app = QApplication.instance() or QApplication([sys.argv[0], *argv])
     assert isinstance(app, QApplication)
@@ -60,11 +96,20 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     app.aboutToQuit.connect(closed.set)
 
     async def run() -> None:
-        async with rt.engine(take_over=True, resume=True) as engine:
+        async with rt.engine(take_over=True, resume=True, start=False) as engine:
             window = MainWindow(Controller(rt, engine))
             window.closed.connect(closed.set)
+            painted = first_paint(window)
             window.show()
             window_ready(window, files)
+            # Paint first, then the library's first screen, then wire: the HTTP client
+            # (imports and an SSL context on a worker thread, contending for the GIL),
+            # resumed jobs. A submit before that still works (the client is made then).
+            with contextlib.suppress(TimeoutError):  # never painted (minimized): go on
+                await asyncio.wait_for(painted, 0.5)
+                await asyncio.wait_for(first_screen(window), 1.0)
+                await asyncio.wait_for(first_paint(window.library.list.viewport()), 0.2)
+            await start_engine(engine, resume=True)
             asyncio.get_running_loop().call_later(1.0, settle_heap)
             await closed.wait()
         # leaving the block stopped the engine: unfinished jobs resume on the next start

@@ -36,3 +36,15 @@ def test_mypy_strict_on_api_core_and_sim() -> None:
 def test_api_and_core_import_no_qt() -> None:
     result = run(tool("lint-imports"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_window_imports_no_network_keychain_or_simulator_before_it_paints() -> None:
+    """httpx (with its SSL set-up), keyring, Pillow and the simulator load after the paint
+    (the client on a worker thread, keyring in the keychain's threads, the simulator in
+    Demo mode only): importing the window's modules must not pull them in."""
+    code = ("import sys, nbdesk.app, nbdesk.ui.main_window, nbdesk.ui.controller, "
+            "nbdesk.core.runtime; print(' '.join(sorted(m for m in "
+            "('httpx', 'keyring', 'nbdesk.sim', 'click', 'rich', 'PIL') if m in sys.modules)))")
+    result = run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

@@ -10,10 +10,8 @@ raises UnansweredSubmitError and the engine marks the job interrupted.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from nbdesk.api.base import (
     AuthError,
@@ -31,6 +29,9 @@ from nbdesk.api.capabilities import APIFREE
 from nbdesk.api.http import parse_json, raise_for_status, send, with_retries
 from nbdesk.api.provider import HttpProvider
 from nbdesk.api.validate import validate_request
+
+if TYPE_CHECKING:  # imported with the client (nbdesk.api.http.make_client)
+    import httpx
 
 # The doc names the statuses two ways; both are accepted, unknown ones mean "running".
 _STATES = {

@@ -18,10 +18,8 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from nbdesk.api.base import (
     Answer,
@@ -41,6 +39,9 @@ from nbdesk.api.capabilities import GEMINI, ModelCaps
 from nbdesk.api.http import error_message, raise_for_status, send, with_retries
 from nbdesk.api.provider import HttpProvider
 from nbdesk.api.validate import validate_request
+
+if TYPE_CHECKING:  # imported with the client (nbdesk.api.http.make_client)
+    import httpx
 
 _DATA_URI = re.compile(r"^data:([A-Za-z0-9.+/-]+);base64,", re.ASCII)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
@@ -263,6 +264,8 @@ class GeminiProvider(HttpProvider):
         content = await asyncio.to_thread(self.encode, request)
         url = self.url(model.model)
         headers = {**self._headers(), "Content-Type": "application/json"}
+        import httpx
+
         timeout = httpx.Timeout(self.caps.call_timeout, connect=15.0)
         resolution = request.resolution or model.default_resolution
 

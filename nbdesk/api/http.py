@@ -9,20 +9,23 @@ Sleeping and randomness are injected so tests run with a fake clock.
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import queue
 import random
+import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
-
-import httpx
 
 from nbdesk.api.base import (
     ApiError,
@@ -33,6 +36,9 @@ from nbdesk.api.base import (
     TransientError,
 )
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -42,15 +48,63 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 RETRY_STATUSES = frozenset({408, 409, 429})
 
 
+def _without_httpx_cli() -> None:
+    """Call before the first ``import httpx``.
+
+    httpx is imported where it is used rather than with this module (the window paints
+    before it needs an HTTP client). It also imports its command-line client (click,
+    rich, pygments: ~55 ms) whenever those are installed, as they are in the development
+    environment (import-linter brings them); nbdesk has no use for it, so it is kept out
+    (httpx then defines a stub ``main``)."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
 def make_client(timeout: float = 60.0, max_connections: int = 32) -> httpx.AsyncClient:
-    """The one AsyncClient of a process: opened at start, closed at shutdown."""
-    return httpx.AsyncClient(
+    """The one AsyncClient of a process: opened at start, closed at shutdown. Safe to
+    call from a worker thread (its SSL context and imports are the slow part)."""
+    _without_httpx_cli()
+    import httpx
+
+    client = httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=15.0),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         verify=True,
     )
+    _POOL_SIZE[client] = max_connections
+    # httpcore loads its async backend (anyio, sniffio) at the first request; here, on
+    # the worker thread that makes the client in the app, not on the GUI thread.
+    with contextlib.suppress(ImportError):
+        import anyio._backends._asyncio  # noqa: F401
+        import sniffio  # noqa: F401
+    return client
+
+
+#: Clients made by make_client -> their connection pool size.
+_POOL_SIZE: weakref.WeakKeyDictionary[httpx.AsyncClient, int] = weakref.WeakKeyDictionary()
+_SLOTS: weakref.WeakKeyDictionary[httpx.AsyncClient, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+@contextlib.asynccontextmanager
+async def _slot(client: httpx.AsyncClient) -> AsyncIterator[None]:
+    """Hold one of the client's connections for a request (make_client's clients only).
+
+    Requests beyond the pool size wait here, in a plain FIFO, rather than in httpcore's
+    pool, which re-examines every connection for every waiting request each time one is
+    released: with hundreds of jobs polling at once that scan was a visible share of
+    the event loop's (the GUI thread's) time."""
+    size = _POOL_SIZE.get(client)
+    if size is None:
+        yield
+        return
+    sem = _SLOTS.get(client)
+    if sem is None:
+        sem = _SLOTS[client] = asyncio.Semaphore(size)
+    async with sem:
+        yield
 
 
 def check_base_url(url: str) -> str:
@@ -99,6 +153,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # only here (~8 ms of imports the start-up need not pay)
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -198,25 +254,13 @@ async def send(
     The answer is read with a size cap (``max_bytes``, MAX_ANSWER_BYTES unless the
     provider's answers carry images): an endless or huge body is a protocol error, not
     memory spent."""
+    _without_httpx_cli()
+    import httpx
+
     try:
         request = client.build_request(method, url, **kwargs)
-        response = await client.send(request, stream=True)
-        try:
-            body = bytearray()
-            async for block in response.aiter_raw():
-                body += block
-                if len(body) > max_bytes:
-                    limit = _mib(max_bytes)
-                    raise ProtocolError(
-                        f"{what}: the provider's answer is too large (over {limit}); refused",
-                        status=response.status_code,
-                    )
-        finally:
-            await response.aclose()
-        return httpx.Response(
-            response.status_code, headers=response.headers, content=bytes(body),
-            request=request,
-        )
+        async with _slot(client):
+            return await _send(client, request, what, max_bytes)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise TransientError(
             f"{what}: cannot reach the provider ({_reason(exc)})", sent=False
@@ -229,6 +273,30 @@ async def send(
         raise TransientError(f"{what}: connection failed ({_reason(exc)})") from None
     except httpx.InvalidURL as exc:
         raise ProtocolError(f"{what}: invalid URL ({exc})") from None
+
+
+async def _send(
+    client: httpx.AsyncClient, request: httpx.Request, what: str, max_bytes: int
+) -> httpx.Response:
+    import httpx
+
+    response = await client.send(request, stream=True)
+    try:
+        body = bytearray()
+        async for block in response.aiter_raw():
+            body += block
+            if len(body) > max_bytes:
+                limit = _mib(max_bytes)
+                raise ProtocolError(
+                    f"{what}: the provider's answer is too large (over {limit}); refused",
+                    status=response.status_code,
+                )
+    finally:
+        await response.aclose()
+    return httpx.Response(
+        response.status_code, headers=response.headers, content=bytes(body),
+        request=request,
+    )
 
 
 def _reason(exc: Exception) -> str:
@@ -282,6 +350,178 @@ def check_download_url(url: str) -> None:
         raise ProtocolError(f"the provider returned a result URL that is not http(s): {url[:80]!r}")
 
 
+#: The writer flushes a download to disk every so many bytes while it still streams.
+_SYNC_EVERY = 16 << 20
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # not on macOS/Windows
+
+
+class _BlockWriter:
+    """Hashes and writes a download's blocks on a (pooled) thread.
+
+    The event loop only queues blocks (``put``), so hashing and disk writes overlap the
+    transfer and cost the loop no thread round trip per block. The thread owns the file
+    from ``open`` to ``close``/``unlink``: however the download ends (success, error,
+    cancellation at any await point) the handle is closed and a discarded temp file
+    removed by the one thread that holds it. At most ``max_queued`` bytes wait in memory;
+    past that ``put`` waits for the writer (back-pressure on the socket).
+    """
+
+    def __init__(self, dest: Path, loop: asyncio.AbstractEventLoop, max_queued: int) -> None:
+        self._dest = dest
+        self._loop = loop
+        self._max_queued = max_queued
+        self._cond = threading.Condition()
+        self._blocks: deque[bytes | None] = deque()  # None: the end, keep the file
+        self._queued = 0
+        self._abort = False
+        self._error: BaseException | None = None
+        self._kept = False  # the thread closed a complete file and left it in place
+        self._room: asyncio.Future[None] | None = None
+        self._digest = hashlib.sha256()
+        self._done: asyncio.Future[None] = loop.create_future()
+        _WRITERS.submit(self._run)
+
+    # -- the event loop's side
+
+    async def put(self, block: bytes) -> None:
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            self._blocks.append(block)
+            self._queued += len(block)
+            room = None
+            if self._queued > self._max_queued:
+                room = self._room = self._loop.create_future()
+            self._cond.notify()
+        if room is not None:
+            await room
+
+    async def finish(self) -> str:
+        """Flush, fsync and close the file; the SHA-256 of everything put."""
+        with self._cond:
+            self._blocks.append(None)
+            self._cond.notify()
+        await asyncio.shield(self._done)
+        if self._error is not None:
+            raise self._error
+        return self._digest.hexdigest()
+
+    async def discard(self) -> None:
+        """Stop writing, close the file and remove it; waits until that is done."""
+        with self._cond:
+            self._abort = True
+            self._blocks.clear()
+            self._cond.notify()
+        await asyncio.shield(self._done)
+        if self._kept:  # finished, but the download failed after (cancelled in finish())
+            await asyncio.shield(asyncio.to_thread(self._dest.unlink, missing_ok=True))
+
+    # -- the writer thread
+
+    def _run(self) -> None:
+        fh: BinaryIO | None = None
+        error: BaseException | None = None
+        unsynced = 0
+        try:
+            fh = open(self._dest, "wb")  # noqa: SIM115 (closed below, on every path)
+            while True:
+                with self._cond:
+                    while not self._blocks and not self._abort:
+                        if not self._cond.wait(timeout=1.0) and self._orphaned():
+                            self._abort = True
+                    if self._abort:
+                        break
+                    block = self._blocks.popleft()
+                    if block is not None:
+                        self._queued -= len(block)
+                        self._wake_putter()
+                if block is None:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    fh.close()
+                    fh = None
+                    self._kept = True
+                    break
+                self._digest.update(block)  # releases the GIL for large blocks
+                fh.write(block)
+                unsynced += len(block)
+                if unsynced >= _SYNC_EVERY:  # so that the final fsync has little left to do
+                    fh.flush()
+                    _datasync(fh.fileno())
+                    unsynced = 0
+        except BaseException as exc:
+            error = exc
+        finally:
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
+            if error is not None or self._abort:
+                with contextlib.suppress(OSError):
+                    self._dest.unlink(missing_ok=True)
+            with self._cond:
+                if error is not None:
+                    self._error = error
+                self._wake_putter()
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                self._loop.call_soon_threadsafe(_resolve, self._done)
+
+    def _orphaned(self) -> bool:
+        """Nobody will send more: the loop is gone (its coroutine never finished)."""
+        return self._loop.is_closed()
+
+    def _wake_putter(self) -> None:
+        # Under the lock. A waiting put() resumes once the queue is half drained.
+        room = self._room
+        if room is not None and (self._queued <= self._max_queued // 2 or self._error
+                                 or self._abort):
+            self._room = None
+            self._loop.call_soon_threadsafe(_resolve, room)
+
+
+class _DaemonPool:
+    """Reused daemon threads for the download writers. Starting a thread waits until it
+    runs (on the loop's thread, which may be the GUI's), so threads are kept for the next
+    download; daemon ones, so that a writer can never hold up the interpreter's exit (the
+    temp file it leaves is swept at the next start)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._count = 0
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            grow = self._idle == 0
+            if grow:
+                self._count += 1
+                name = f"{self._name}-{self._count}"
+            else:
+                self._idle -= 1
+        self._jobs.put(fn)
+        if grow:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            fn = self._jobs.get()
+            try:
+                fn()
+            except BaseException:  # the writers catch everything; never lose the thread
+                log.exception("download writer failed")
+            with self._lock:
+                self._idle += 1
+
+
+_WRITERS = _DaemonPool("nbdesk-download")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def download_to(
     client: httpx.AsyncClient,
     url: str,
@@ -289,21 +529,26 @@ async def download_to(
     *,
     max_bytes: int,
     chunk: int = 1 << 20,
+    max_queued: int = 8 << 20,
 ) -> Download:
     """Stream ``url`` into ``dest`` (a temp path): hashed, size-capped, fsynced.
 
     The caller checks the content and renames it into place. On any failure the
     partial file is removed and a typed error raised (TransientError for network
-    trouble and short bodies, ProtocolError for an oversize or unusable answer).
+    trouble and short bodies, ProtocolError for an oversize or unusable answer);
+    ``OSError`` when the file cannot be written. Hashing and file work run on a writer
+    thread (the loop may be the GUI's); cancelled at any point, the download leaves no
+    open handle and no file behind once it has unwound.
     """
     check_download_url(url)
+    _without_httpx_cli()
+    import httpx
+
     what = "download"
-    digest = hashlib.sha256()
     size = 0
-    # File work (open, write, fsync, unlink) goes to a thread: the loop may be the GUI's.
-    fh = None
+    writer: _BlockWriter | None = None
     try:
-        async with client.stream("GET", url) as response:
+        async with _slot(client), client.stream("GET", url) as response:
             if response.status_code >= 400:
                 await response.aread()
                 raise_for_status(response, what)
@@ -316,41 +561,33 @@ async def download_to(
                     f"over the {_mib(max_bytes)} limit"
                 )
             ctype = response.headers.get("content-type", "")
-            fh = await asyncio.to_thread(open, dest, "wb")
+            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued)
             async for block in response.aiter_raw(chunk):
                 size += len(block)
                 if size > max_bytes:
                     raise ProtocolError(f"{what}: the image is over the {_mib(max_bytes)} limit")
-                digest.update(block)
-                await asyncio.to_thread(fh.write, block)
-            await asyncio.to_thread(_sync_close, fh)
-            fh = None
+                await writer.put(block)
             if declared is not None and declared.isdigit() and int(declared) != size:
                 raise TransientError(f"{what}: the connection ended early ({size} of {declared})")
+            if size == 0:
+                raise ProtocolError(f"{what}: the provider sent an empty file")
+        sha256 = await writer.finish()
     except httpx.HTTPError as exc:
-        await asyncio.to_thread(_discard, fh, dest)
+        await _discard(writer, dest)
         if isinstance(exc, httpx.TimeoutException):
             raise TransientError(f"{what}: timed out ({_reason(exc)})") from None
         raise TransientError(f"{what}: connection failed ({_reason(exc)})") from None
     except BaseException:
-        await asyncio.shield(asyncio.to_thread(_discard, fh, dest))
+        await _discard(writer, dest)
         raise
-    if size == 0:
-        await asyncio.to_thread(_discard, None, dest)
-        raise ProtocolError(f"{what}: the provider sent an empty file")
-    return Download(path=dest, size=size, sha256=digest.hexdigest(), content_type=ctype)
+    return Download(path=dest, size=size, sha256=sha256, content_type=ctype)
 
 
-def _sync_close(fh: Any) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-    fh.close()
-
-
-def _discard(fh: Any, dest: Path) -> None:
-    if fh is not None:
-        fh.close()
-    dest.unlink(missing_ok=True)
+async def _discard(writer: _BlockWriter | None, dest: Path) -> None:
+    if writer is not None:
+        await writer.discard()  # the writer thread closes and removes its file
+    else:  # a stale file of an earlier attempt
+        await asyncio.shield(asyncio.to_thread(dest.unlink, missing_ok=True))
 
 
 def _mib(n: int) -> str:

@@ -1,9 +1,11 @@
 """Image checks (Pillow): what a file really is, whether it is whole, whether it is sane.
 
-* ``probe_bytes`` / ``probe_file`` identify an image and decode it completely, so a
-  truncated download or a damaged file is caught before it enters the library; a picture
-  larger than a pixel cap (a decompression bomb, or simply absurd) is refused before it is
-  decoded. Failures are ``ImageCheckError`` (a ``ValueError``) with a plain message.
+* ``probe_bytes`` / ``probe_file`` identify an image and prove it whole (every PNG chunk's
+  CRC, a reduced-scale JPEG decode that still reads all its data, the WebP RIFF length;
+  a full decode for the rest), so a truncated download or a damaged file is caught before
+  it enters the library; a picture larger than a pixel cap (a decompression bomb, or
+  simply absurd) is refused before it is decoded. Failures are ``ImageCheckError`` (a
+  ``ValueError``) with a plain message.
 * ``prepare_reference`` turns what the user gave as a reference image (an http(s) URL or a
   local file) into what goes on the wire, downscaling big local pictures. Failures are
   ``InputError`` naming the file.
@@ -21,11 +23,15 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 from nbdesk.api.base import InputError, Reference
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# Pillow is imported at first use (it is not needed to open the window).
 
 #: Pixel cap for generated outputs (a 4K picture is ~16 megapixels).
 MAX_PIXELS = 120_000_000
@@ -35,12 +41,6 @@ MAX_REFERENCE_SIDE = 2048
 MAX_REFERENCE_BYTES = 30 * 1024 * 1024
 JPEG_QUALITY = 90
 
-# Pillow warns (and, at twice the value, raises) from Image.open on pictures bigger than
-# Image.MAX_IMAGE_PIXELS (~89 megapixels by default). We apply our own, explicit caps; lift
-# Pillow's process-wide one to our largest so that it does not fire first on pictures we
-# accept. Anything above is still refused (by Pillow or by us).
-if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 #: Pillow format name -> (our format name, file extension, MIME type). Only these formats
 #: are even tried: Pillow knows others (EPS would run Ghostscript) we have no use for.
@@ -98,14 +98,27 @@ def _bomb(error: Exception, max_pixels: int) -> ImageCheckError:
 
 @functools.cache
 def _open_formats() -> tuple[str, ...]:
+    from PIL import Image
+
+    # Pillow warns (and, at twice the value, raises) from Image.open on pictures bigger
+    # than Image.MAX_IMAGE_PIXELS (~89 megapixels by default). We apply our own, explicit
+    # caps; lift Pillow's process-wide one to our largest so that it does not fire first
+    # on pictures we accept. Anything above is still refused (by Pillow or by us). Every
+    # open here goes through this function first.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     Image.init()  # registers every plugin (MPO, WebP, TIFF are not among Pillow's first few)
     return tuple(f for f in _FORMATS if f in Image.OPEN)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """Identify ``data`` (header only); the size is checked against ``max_pixels``."""
+def _open(data: bytes | BinaryIO, max_pixels: int) -> Image.Image:
+    """Identify an image (header only); the size is checked against ``max_pixels``."""
+    formats = _open_formats()
+    from PIL import Image, UnidentifiedImageError
+
+    fp = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        im = Image.open(io.BytesIO(data), formats=_open_formats())
+        im = Image.open(fp, formats=formats)
     except UnidentifiedImageError:
         raise ImageCheckError(f"not an image (or not a supported format: {_SUPPORTED})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -128,32 +141,87 @@ def _info(im: Image.Image) -> ImageInfo:
     return ImageInfo(format=fmt, ext=ext, mime=mime, width=im.width, height=im.height)
 
 
-def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
-    """Identify and completely verify an image; ``ImageCheckError`` if it is not a whole,
-    supported picture of at most ``max_pixels`` pixels."""
-    if not data:
-        raise ImageCheckError("the file is empty")
-    with _open(data, max_pixels) as im:
+#: IEND's CRC: Pillow's verify() checks every chunk's CRC but stops before this one.
+_IEND_CRC = b"\xaeB`\x82"
+#: WebP pictures up to this size are decoded to check them; larger ones are checked by
+#: their RIFF length (a cut file fails to open) without spending a full decode.
+WEBP_DECODE_PIXELS = 4_200_000
+
+
+def _damaged() -> ImageCheckError:
+    return ImageCheckError("the image is truncated or damaged")
+
+
+def _check(fp: BinaryIO, max_pixels: int) -> ImageInfo:
+    """Identify the image in ``fp`` and prove it whole, as cheaply as the format allows:
+
+    * PNG: every chunk's CRC up to and including IEND (no pixel is decoded; a cut file
+      fails its CRC or misses IEND);
+    * JPEG: a 1/8-scale decode (libjpeg still reads every entropy-coded byte, and reports a
+      missing end as truncation) instead of a full one;
+    * WebP: the RIFF length must equal the file's; small pictures are also decoded;
+    * GIF, BMP, TIFF: structure checks, then a full decode.
+    """
+    from PIL import Image
+
+    with _open(fp, max_pixels) as im:
         info = _info(im)
         try:
-            im.verify()  # structure and checksums (PNG), without decoding
+            if info.format == "png":
+                im.verify()  # structure and every CRC; leaves fp just past IEND's header
+                if fp.read(4) != _IEND_CRC:
+                    raise _damaged()
+                return info
+            if info.format == "jpeg":
+                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+                return info
+            if info.format == "webp":
+                fp.seek(0, os.SEEK_END)
+                end = fp.tell()
+                fp.seek(4)
+                riff = int.from_bytes(fp.read(4), "little") + 8
+                if riff + (riff & 1) != end and riff != end:
+                    raise _damaged()
+                if info.width * info.height > WEBP_DECODE_PIXELS:
+                    return info
+                im.load()
+                return info
+            im.verify()  # structure and checksums, without decoding
+        except ImageCheckError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise _bomb(e, max_pixels) from None
         except Exception:
-            raise ImageCheckError("the image is truncated or damaged") from None
+            raise _damaged() from None
     # verify() leaves the image unusable: reopen and decode everything, which is what
     # catches a picture whose data stops early.
-    with _open(data, max_pixels) as im:
+    fp.seek(0)
+    with _open(fp, max_pixels) as im:
         try:
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise _bomb(e, max_pixels) from None
         except Exception:
-            raise ImageCheckError("the image is truncated or damaged") from None
+            raise _damaged() from None
     return info
 
 
+def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Identify and verify an image; ``ImageCheckError`` if it is not a whole, supported
+    picture of at most ``max_pixels`` pixels (see ``_check`` for what "whole" costs)."""
+    if not data:
+        raise ImageCheckError("the file is empty")
+    return _check(io.BytesIO(data), max_pixels)
+
+
 def probe_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
-    """``probe_bytes`` of a file's content. ``OSError`` if the file cannot be read."""
-    return probe_bytes(Path(path).read_bytes(), max_pixels=max_pixels)
+    """``probe_bytes`` of a file, read from disk as the check needs it (not into memory
+    first). ``OSError`` if the file cannot be read."""
+    with open(path, "rb") as fp:
+        if os.fstat(fp.fileno()).st_size == 0:
+            raise ImageCheckError("the file is empty")
+        return _check(fp, max_pixels)
 
 
 # --------------------------------------------------------------------------- references
@@ -207,6 +275,8 @@ def _needs_rotation(im: Image.Image) -> bool:
 def _encode_for_wire(data: bytes, max_side: int, max_pixels: int) -> tuple[bytes, str]:
     """Re-encode: EXIF orientation applied, long side <= max_side; PNG if the picture has
     transparency, else JPEG."""
+    from PIL import Image, ImageOps
+
     with _open(data, max_pixels) as src:
         if src.format in ("JPEG", "MPO"):
             # Let the JPEG decoder scale down by 1/2..1/8 while decoding: much faster.

@@ -7,12 +7,13 @@ capability table.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import httpx
+from typing import TYPE_CHECKING, ClassVar
 
 from nbdesk.api.capabilities import ProviderCaps
 from nbdesk.api.http import RetryPolicy
+
+if TYPE_CHECKING:  # imported with the client (nbdesk.api.http.make_client)
+    import httpx
 
 
 class HttpProvider:

@@ -10,8 +10,7 @@ job, so the reference survives the link.
 from __future__ import annotations
 
 import asyncio
-
-import httpx
+from typing import TYPE_CHECKING
 
 from nbdesk.api.base import InputError
 from nbdesk.api.images import (
@@ -21,6 +20,9 @@ from nbdesk.api.images import (
     ImageInfo,
     probe_bytes,
 )
+
+if TYPE_CHECKING:  # imported with the client (nbdesk.api.http.make_client)
+    import httpx
 
 #: Seconds for the whole fetch of one reference.
 FETCH_TIMEOUT = 30.0
@@ -39,6 +41,8 @@ async def fetch_reference(
     """GET ``url`` (redirects followed) and verify the answer is a whole image.
 
     Every refusal is an ``InputError`` whose message names the URL and says why."""
+    import httpx
+
     name = _name(url)
     try:
         async with asyncio.timeout(seconds):

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping
-
-import httpx
+from typing import TYPE_CHECKING
 
 from nbdesk.api.apiframe import ApiframeProvider
 from nbdesk.api.apifree import ApifreeProvider
@@ -20,7 +19,11 @@ from nbdesk.api.gemini import GeminiProvider
 from nbdesk.api.http import RetryPolicy, check_base_url
 from nbdesk.core.secrets import KeychainError, SecretStore
 from nbdesk.core.settings import Settings
-from nbdesk.sim import DEMO_KEY, SimConfig, Simulator
+
+if TYPE_CHECKING:  # httpx comes with the client; the simulator only in Demo mode
+    import httpx
+
+    from nbdesk.sim import SimConfig, Simulator
 
 _CLASSES: dict[str, type[ApiframeProvider] | type[ApifreeProvider] | type[GeminiProvider]] = {
     "apiframe": ApiframeProvider,
@@ -45,9 +48,13 @@ def base_url_for(
 
 
 class Connector:
+    """``http``: the process's client, or a function that makes it (``make_client``): then
+    the connector makes it when ``open_http()`` runs (off the event loop's thread: its SSL
+    context takes tens of ms) or at first use, and closes it in ``close()``."""
+
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | Callable[[], httpx.AsyncClient],
         secrets: SecretStore,
         settings: Settings,
         *,
@@ -55,7 +62,11 @@ class Connector:
         policy_factory: Callable[[], RetryPolicy] = RetryPolicy,
         demo_config: SimConfig | None = None,
     ) -> None:
-        self.http = http
+        if callable(http):
+            self._http: httpx.AsyncClient | None = None
+            self._make_http: Callable[[], httpx.AsyncClient] | None = http
+        else:
+            self._http, self._make_http = http, None
         self.secrets = secrets
         self.settings = settings
         self._env = os.environ if env is None else env
@@ -64,6 +75,23 @@ class Connector:
         self._demo: Simulator | None = None
         self._cache: dict[tuple[str, bool], AnyProvider] = {}
         self._lock = asyncio.Lock()
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            assert self._make_http is not None
+            self._http = self._make_http()
+        return self._http
+
+    async def open_http(self) -> None:
+        """Make the HTTP client now, in a worker thread (a no-op if it exists)."""
+        if self._http is not None or self._make_http is None:
+            return
+        client = await asyncio.to_thread(self._make_http)
+        if self._http is None:
+            self._http = client
+        else:  # made at first use meanwhile
+            await client.aclose()
 
     @property
     def demo_simulator(self) -> Simulator | None:
@@ -80,6 +108,8 @@ class Connector:
             except KeyError:
                 raise ConfigError(f"unknown provider {provider_id!r}") from None
             if demo:
+                from nbdesk.sim import DEMO_KEY, SimConfig, Simulator
+
                 if self._demo is None:
                     sim = Simulator(self._demo_config or SimConfig())
                     await asyncio.to_thread(sim.start)
@@ -116,6 +146,11 @@ class Connector:
 
     async def close(self) -> None:
         self._cache.clear()
-        if self._demo is not None:
-            sim, self._demo = self._demo, None
-            await asyncio.to_thread(sim.stop)
+        try:
+            if self._demo is not None:
+                sim, self._demo = self._demo, None
+                await asyncio.to_thread(sim.stop)
+        finally:
+            if self._make_http is not None and self._http is not None:
+                client, self._http = self._http, None
+                await client.aclose()

@@ -120,6 +120,9 @@ CREATE INDEX items_parent ON items(parent_item);
 #: Each entry upgrades from version (index) to version (index + 1).
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 
+#: UPDATE ... RETURNING (SQLite 3.35+)
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
 
 class LibraryError(Exception):
     """The library cannot be opened or written; ``str()`` is user-facing."""
@@ -395,6 +398,12 @@ class Library:
         if owner is not None:
             sql += " AND lease_owner = ?"
             args.append(owner)
+        if _RETURNING:  # the updated row in the same statement, not a second query
+            with self._write() as conn:
+                rows = conn.execute(sql + " RETURNING *", args).fetchall()
+            if len(rows) != 1:
+                raise LeaseLost(job_id)
+            return Job.from_row(rows[0])
         with self._write() as conn:
             if conn.execute(sql, args).rowcount != 1:
                 raise LeaseLost(job_id)
@@ -669,10 +678,11 @@ class Library:
             filters.get("favourites", False), filters.get("since"), filters.get("until"),
             filters.get("trash", False),
         )
-        rows = self._query(
-            "SELECT items.id " + sql + " ORDER BY items.completed_at DESC, items.id DESC", args
-        )
-        return [r[0] for r in rows]
+        sql = "SELECT items.id " + sql + " ORDER BY items.completed_at DESC, items.id DESC"
+        with self._lock:  # plain tuples: no Row object per id
+            cur = self._conn.cursor()
+            cur.row_factory = None
+            return [item_id for (item_id,) in cur.execute(sql, args)]
 
     def items_by_id(self, ids: Sequence[int]) -> dict[int, Item]:
         out: dict[int, Item] = {}

@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nbdesk.api.http import make_client
 from nbdesk.core.connector import Connector
@@ -20,7 +21,9 @@ from nbdesk.core.library import Library
 from nbdesk.core.paths import Paths
 from nbdesk.core.secrets import RedactingFilter, SecretStore
 from nbdesk.core.settings import Settings, load_settings
-from nbdesk.sim import SimConfig
+
+if TYPE_CHECKING:
+    from nbdesk.sim import SimConfig
 
 
 @dataclass
@@ -50,26 +53,34 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def engine(
         self, *, take_over: bool = True, resume: bool = True,
-        demo_config: SimConfig | None = None,
+        demo_config: SimConfig | None = None, start: bool = True,
     ) -> AsyncIterator[Engine]:
-        """An engine with its own HTTP client; everything is closed on exit."""
-        http = make_client()
+        """An engine with its own HTTP client; everything is closed on exit.
+
+        With ``start=False`` the caller finishes the start-up (``start_engine``) when it
+        suits it: the window paints first, then makes the client and resumes jobs."""
         connector = Connector(
-            http, self.secrets, self.settings, env=self.env, demo_config=demo_config
+            make_client, self.secrets, self.settings, env=self.env, demo_config=demo_config
         )
         engine = Engine(self.library, connector, self.engine_config(take_over=take_over))
         try:
-            await engine.start(resume=resume)
+            if start:
+                await start_engine(engine, resume=resume)
             yield engine
         finally:
             try:
                 await engine.stop()
             finally:
                 await connector.close()
-                await http.aclose()
 
     def close(self) -> None:
         self.library.close()
+
+
+async def start_engine(engine: Engine, *, resume: bool = True) -> None:
+    """Make the engine's HTTP client (off the loop's thread), then start the engine."""
+    await engine.connector.open_http()
+    await engine.start(resume=resume)
 
 
 def _expand(path: str) -> Path:

@@ -25,14 +25,15 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
-
-import keyring
-import keyring.backend
-import keyring.errors
-from keyring.backends import chainer, fail, null
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from nbdesk.api import capabilities
+
+if TYPE_CHECKING:
+    import keyring.backend
+
+# keyring (and its backends' discovery) is imported by the functions that run on the
+# keychain's worker threads, not here: the window's start-up does not wait for it.
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,8 @@ def _unavailable_message(provider_id: str | None = None) -> str:
 
 def _usable(backend: keyring.backend.KeyringBackend) -> bool:
     """Whether ``backend`` really stores secrets in an OS keychain."""
+    from keyring.backends import chainer, fail, null
+
     if isinstance(backend, fail.Keyring | null.Keyring):
         return False
     if isinstance(backend, chainer.ChainerBackend):
@@ -245,6 +248,8 @@ def _secret_service_daemon() -> str | None:
 
 
 def _describe(backend: keyring.backend.KeyringBackend) -> str:
+    from keyring.backends import chainer
+
     if not _usable(backend):
         return "none"
     if isinstance(backend, chainer.ChainerBackend):
@@ -284,6 +289,9 @@ class SecretStore:
 
     def _keyring(self, provider_id: str | None = None) -> keyring.backend.KeyringBackend:
         """The backend, checked usable. Runs in a worker thread."""
+        import keyring
+        import keyring.errors
+
         try:
             backend = self._backend if self._backend is not None else keyring.get_keyring()
         except (keyring.errors.NoKeyringError, keyring.errors.InitError) as e:
@@ -298,6 +306,8 @@ class SecretStore:
         """``fn`` with keyring's exceptions turned into ours (messages carry no key)."""
 
         def call() -> T:
+            import keyring.errors
+
             try:
                 return fn()
             except KeychainError:
@@ -397,6 +407,9 @@ class SecretStore:
 
     def _name_fn(self) -> Callable[[], str]:
         def fn() -> str:
+            import keyring
+            import keyring.errors
+
             try:
                 backend = self._backend if self._backend is not None else keyring.get_keyring()
             except keyring.errors.KeyringError:

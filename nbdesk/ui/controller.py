@@ -32,7 +32,7 @@ EXPECTED = (ApiError, ConfigError, KeychainError, LibraryError, OSError, ValueEr
 class Controller(QObject):
     jobChanged = Signal(object)  # Job
     jobsReset = Signal()  # another process changed the jobs: reload them
-    libraryChanged = Signal()  # items were added, removed or changed
+    libraryChanged = Signal()  # items were removed or changed (or added by another process)
     itemsAdded = Signal(object)  # list of ids of new items (a job completed here)
     message = Signal(str, str)  # level ("info" | "warning" | "error"), text
     pausedChanged = Signal(bool)
@@ -63,8 +63,9 @@ class Controller(QObject):
 
     async def _announce_items(self, job: Job) -> None:
         items = await self.engine.db(self.library.items_for_job, job.id)
+        # itemsAdded only: listeners of libraryChanged (changes to items already shown)
+        # need not re-read anything for new ones, and with many jobs finishing they did.
         self.itemsAdded.emit([i.id for i in items])
-        self.libraryChanged.emit()
 
     def _on_external(self) -> None:
         self.jobsReset.emit()

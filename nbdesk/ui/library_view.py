@@ -5,9 +5,10 @@ for 100,000 rows). ``Item`` records are fetched a page at a time when a row is f
 painted, and thumbnails come from the shared ``ThumbnailCache``; nothing here reads a
 file or the database on the GUI thread.
 
-A reload after ``libraryChanged`` / ``itemsAdded`` is applied as row insertions and
-removals when the order of the surviving rows did not change, so the selection and the
-scroll position stay where they were; a new filter resets the model.
+A reload after ``libraryChanged`` is applied as row insertions and removals when the
+order of the surviving rows did not change, so the selection and the scroll position stay
+where they were; a new filter resets the model. Items a job stored here (``itemsAdded``)
+are inserted on top directly when the grid is unfiltered.
 """
 
 from __future__ import annotations
@@ -176,6 +177,11 @@ class LibraryModel(QAbstractListModel):
         self._loading = False
         self._again = False
         self._want_reset = False
+        self._prefetch_first = False
+        #: about how many cells the grid shows at once (the view sets it from its size)
+        self.first_screen = 24
+        self._adding: list[int] = []  # ids announced by add_items, not inserted yet
+        self._add_pending = False
         self.loaded_once = False
         #: how many items were fetched from the database (lazy loading is measurable)
         self.fetched = 0
@@ -312,6 +318,13 @@ class LibraryModel(QAbstractListModel):
             rows.append(row)
         if rows:
             self._changed(min(rows), max(rows))
+        if self._prefetch_first and self._ids and self._ids[0] in self._items:
+            self._prefetch_first = False
+            # The first screen's thumbnails: queued in reverse, so the loads (newest
+            # request first) go from the top row down; rows painted later jump ahead.
+            first = [self._items[i] for i in self._ids[:self.first_screen] if i in self._items]
+            for item in reversed(first):
+                self.thumbnails.get(item.id, item.path, item.sha256)
         self.pageLoaded.emit()
 
     def _decoration(self, item: Item) -> QPixmap:
@@ -362,6 +375,50 @@ class LibraryModel(QAbstractListModel):
         if not self._timer.isActive():
             self._timer.start()
 
+    def add_items(self, ids: Sequence[int]) -> None:
+        """Items just stored here (a job completed). They are the newest, so in the
+        unfiltered grid they go on top as they are, without re-reading every id (with
+        many jobs finishing, a full reload per job kept the GUI thread busy); under a
+        filter, or when they do not sort first after all, the ids are re-read."""
+        if not ids:
+            return
+        self._adding.extend(i for i in ids if i not in self._adding)
+        if not self._add_pending:
+            self._add_pending = True
+            self.controller.spawn(self._run_add(), what="loading the new images")
+
+    async def _run_add(self) -> None:
+        try:
+            await asyncio.sleep(0)  # take every id announced in this turn in one go
+            ids, self._adding = self._adding, []
+            self._add_pending = False
+            items = await self.controller.items_by_id(ids)
+        except BaseException:
+            self._add_pending = False
+            raise
+        if not shiboken6.isValid(self):
+            return
+        new = sorted((it for it in items.values() if it.id not in self._rows),
+                     key=lambda it: (it.completed_at, it.id), reverse=True)
+        if not new:
+            return
+        top = self.item(self._ids[0]) if self._ids else None
+        if (self._filters or not self.loaded_once or self.is_loading() or self._want_reset
+                or any(it.deleted_at is not None for it in new)
+                or (self._ids and (top is None or (top.completed_at, top.id)
+                                   > (new[-1].completed_at, new[-1].id)))):
+            self.reload()
+            return
+        self.beginInsertRows(QModelIndex(), 0, len(new) - 1)
+        self._ids[0:0] = [it.id for it in new]
+        self._reindex()
+        for it in new:
+            self._items[it.id] = it
+        self._pages.clear()  # rows moved down: pages are asked for again (only missing ids)
+        self.endInsertRows()
+        self.countChanged.emit(len(self._ids))
+        self.reloaded.emit()
+
     def _schedule(self, *, reset: bool) -> None:
         self._want_reset = self._want_reset or reset
         if self._loading:
@@ -382,7 +439,13 @@ class LibraryModel(QAbstractListModel):
                 if filters != self._filters:  # an answer for filters no longer shown
                     self._want_reset = True
                     continue
+                first = not self.loaded_once
                 self._apply(ids, reset=reset)
+                if first and self._ids:
+                    # Opening: ask for the first page now, not when the grid first paints
+                    # (a layout later), and its thumbnails as soon as it is here.
+                    self._prefetch_first = True
+                    self._request_page(0)
                 if not self._again:  # else the library changed meanwhile: read it again
                     return
         finally:
@@ -509,6 +572,9 @@ class LibraryView(QWidget):
     itemActivated = Signal(int)  # open this item (in the viewer)
     countChanged = Signal(int)  # how many images the grid shows
     exportFinished = Signal(list)  # paths written by an export
+    #: once, at start: the rows in view have their items and thumbnails (or there are
+    #: none). The window holds less urgent start-up work back until then.
+    firstScreenReady = Signal()
 
     def __init__(
         self,
@@ -627,7 +693,10 @@ class LibraryView(QWidget):
         self.model.countChanged.connect(self._count_changed)
         self.list.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
         controller.libraryChanged.connect(self.model.reload)
-        controller.itemsAdded.connect(lambda _ids: self.model.reload())
+        controller.itemsAdded.connect(self.model.add_items)
+        self.first_screen_shown = False
+        for signal in (self.model.reloaded, self.model.pageLoaded, self.thumbnails.ready):
+            signal.connect(self._check_first_screen)
         self._update_actions()
         self.apply_filters()
 
@@ -699,6 +768,32 @@ class LibraryView(QWidget):
 
     def is_empty_state(self) -> bool:
         return self.stack.currentWidget() is self.empty_label
+
+    def _cells_in_view(self) -> int:
+        grid = self.list.gridSize()
+        vp = self.list.viewport()
+        if grid.width() <= 0 or grid.height() <= 0:
+            return self.model.first_screen
+        columns = max(1, vp.width() // grid.width())
+        rows = max(1, -(-vp.height() // grid.height()))
+        return columns * rows
+
+    def resizeEvent(self, event: Any) -> None:
+        super().resizeEvent(event)
+        self.model.first_screen = self._cells_in_view()
+
+    def _check_first_screen(self, *_args: object) -> None:
+        if self.first_screen_shown or not self.model.loaded_once:
+            return
+        count = min(self.model.rowCount(), self._cells_in_view())
+        for row in range(count):
+            item = self.model.item_at(row)
+            if item is None or self.thumbnails.peek(item.id) is None:
+                return
+        self.first_screen_shown = True
+        for signal in (self.model.reloaded, self.model.pageLoaded, self.thumbnails.ready):
+            signal.disconnect(self._check_first_screen)
+        self.firstScreenReady.emit()
 
     def _remember_position(self) -> None:
         top = self.list.indexAt(QPoint(self.list.gridSize().width() // 2,

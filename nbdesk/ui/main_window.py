@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -58,6 +58,7 @@ class MainWindow(QMainWindow):
         self.resize(1360, 860)
         self._settings_dialog: QWidget | None = None
         self._total_spend = 0.0
+        self._spend_running = self._spend_again = False
 
         # Thumbnails are decoded at the grid's display size in worker threads, so the
         # GUI thread only wraps them (scaling them here cost most of a scroll's time).
@@ -112,6 +113,7 @@ class MainWindow(QMainWindow):
         controller.message.connect(self._on_message)
         controller.jobFinished.connect(self._on_job_finished)
         controller.libraryChanged.connect(self.refresh_spend)
+        controller.itemsAdded.connect(lambda _ids: self.refresh_spend())
         self.messages.undoRequested.connect(controller.undo_trash)
         self.library.itemActivated.connect(self.open_item)
         self.queue.jobActivated.connect(self._open_job)
@@ -120,8 +122,18 @@ class MainWindow(QMainWindow):
         self._let_combos_shrink()
         self._restore_layout()
         self.queue.reload()
-        self.refresh_keys()
-        self.refresh_spend()
+        # The spend sum and the key check (keyring's backend discovery: tens of ms of
+        # Python on another thread, contending for the GIL) wait until the library's
+        # first screen is drawn, or a second at most.
+        self._keys_checked = False
+        self.library.firstScreenReady.connect(self._first_key_check)
+        QTimer.singleShot(1000, self._first_key_check)
+
+    def _first_key_check(self) -> None:
+        if not self._keys_checked:
+            self._keys_checked = True
+            self.refresh_keys()
+            self.refresh_spend()
 
     # ------------------------------------------------------------------ building
 
@@ -240,9 +252,22 @@ class MainWindow(QMainWindow):
         self.controller.spawn(run(), what="checking API keys")
 
     def refresh_spend(self) -> None:
+        """Add up the costs again; calls while a sum is running coalesce into one more."""
+        if self._spend_running:
+            self._spend_again = True
+            return
+        self._spend_running = True
+
         async def run() -> None:
-            total = await self.controller.total_cost()
-            self.spend_label.setText(f"Spent: ${total:.2f}")
+            try:
+                while True:
+                    self._spend_again = False
+                    total = await self.controller.total_cost()
+                    self.spend_label.setText(f"Spent: ${total:.2f}")
+                    if not self._spend_again:
+                        return
+            finally:
+                self._spend_running = False
 
         self.controller.spawn(run(), what="adding up costs")
 

@@ -2,9 +2,10 @@
 
 ``ThumbnailCache.get`` answers at once from memory, or returns ``None`` after queueing a
 load; ``ready(item_id)`` tells the GUI thread when the load is done. Loads run in the
-cache's own ``QThreadPool``. Requests wait in a LIFO backlog, so the rows the user is
-looking at right now go first, and a bounded backlog forgets requests for rows that
-scrolled past long ago (they are asked for again if they come back into view).
+cache's own ``QThreadPool``; a worker goes on with the next waiting request by itself.
+Requests wait in a LIFO backlog, so the rows the user is looking at right now go first,
+and a bounded backlog forgets requests for rows that scrolled past long ago (they are
+asked for again if they come back into view).
 
 A thumbnail is read from ``<cache_dir>/<sha[:2]>/<sha>-<size>.jpg`` when it exists;
 otherwise the original is decoded already scaled (``QImageReader.setScaledSize``: never
@@ -137,25 +138,66 @@ class _Relay(QObject):
     done = Signal(int, str, QImage)
 
 
+class _Backlog:
+    """The requests waiting for a worker, shared by the GUI thread and the workers.
+
+    A worker takes the next request itself when it has answered one, so a run of loads
+    (a screenful from the disk cache) does not wait for the GUI thread between loads."""
+
+    def __init__(self, limit: int) -> None:
+        self.lock = threading.Lock()
+        self.limit = limit
+        self.queue: OrderedDict[int, tuple[Path, str]] = OrderedDict()  # newest last
+        self.running: set[tuple[int, str]] = set()  # (item id, sha256) being loaded
+        self.workers = 0
+        self.started = 0
+        self.dropped = 0
+
+    def take_locked(self) -> tuple[int, Path, str]:
+        item_id, (path, sha256) = self.queue.popitem(last=True)  # newest first
+        self.running.add((item_id, sha256))
+        self.started += 1
+        return item_id, path, sha256
+
+    def next(self) -> tuple[int, Path, str] | None:
+        """For a worker that finished a load: its next request, or None (it stops)."""
+        with self.lock:
+            if not self.queue:
+                self.workers -= 1
+                return None
+            return self.take_locked()
+
+
 class _Load(QRunnable):
     def __init__(
-        self, relay: _Relay, item_id: int, path: Path, sha256: str, cache_dir: Path, size: int
+        self, relay: _Relay, backlog: _Backlog, first: tuple[int, Path, str],
+        cache_dir: Path, size: int,
     ) -> None:
         super().__init__()
         self.setAutoDelete(True)
         self._relay = relay
-        self._args = (item_id, path, sha256, cache_dir, size)
+        self._backlog = backlog
+        self._first = first
+        self._cache_dir = cache_dir
+        self._size = size
 
     def run(self) -> None:
         _background_priority()
-        item_id, path, sha256, cache_dir, size = self._args
-        try:
-            image = load_thumbnail(path, sha256, cache_dir, size)
-        except Exception:  # a worker must never raise into Qt
-            log.exception("thumbnail of %s failed", path)
-            image = QImage()
-        with contextlib.suppress(RuntimeError):  # the cache is gone (shutting down)
-            self._relay.done.emit(item_id, sha256, image)
+        request: tuple[int, Path, str] | None = self._first
+        while request is not None:
+            item_id, path, sha256 = request
+            try:
+                image = load_thumbnail(path, sha256, self._cache_dir, self._size)
+            except Exception:  # a worker must never raise into Qt
+                log.exception("thumbnail of %s failed", path)
+                image = QImage()
+            try:
+                self._relay.done.emit(item_id, sha256, image)
+            except RuntimeError:  # the cache is gone (shutting down)
+                with self._backlog.lock:
+                    self._backlog.workers -= 1
+                return
+            request = self._backlog.next()
 
 
 class ThumbnailCache(QObject):
@@ -177,7 +219,6 @@ class ThumbnailCache(QObject):
         self.cache_dir = Path(cache_dir)
         self.size = size
         self.memory_items = memory_items
-        self.backlog = backlog
         # The pool first: children are destroyed in creation order, so the pool waits
         # for its workers while the relay they emit on still exists.
         self._pool = QThreadPool(self)
@@ -186,14 +227,20 @@ class ThumbnailCache(QObject):
         self._relay = _Relay(self)
         self._relay.done.connect(self._on_done, Qt.ConnectionType.QueuedConnection)
         self._memory: OrderedDict[int, tuple[str, QImage]] = OrderedDict()
-        self._queue: OrderedDict[int, tuple[Path, str]] = OrderedDict()  # newest last
-        self._running: set[tuple[int, str]] = set()  # (item id, sha256) being loaded
+        self._backlog = _Backlog(backlog)
         self._broken: set[int] = set()
         self.loading = make_placeholder(size, broken=False)
         self.broken = make_placeholder(size, broken=True)
-        #: loads started (not answered from memory); for tests and the benchmark
-        self.loads_started = 0
-        self.dropped = 0
+
+    @property
+    def loads_started(self) -> int:
+        """Loads started (not answered from memory); for tests and the benchmark."""
+        return self._backlog.started
+
+    @property
+    def dropped(self) -> int:
+        """Requests dropped from a full backlog."""
+        return self._backlog.dropped
 
     # ------------------------------------------------------------------ public
 
@@ -226,17 +273,21 @@ class ThumbnailCache(QObject):
         """Drop one item from memory (its file changed or went away)."""
         self._memory.pop(item_id, None)
         self._broken.discard(item_id)
-        self._queue.pop(item_id, None)
+        with self._backlog.lock:
+            self._backlog.queue.pop(item_id, None)
 
     def clear_memory(self) -> None:
         """Forget every decoded thumbnail and the waiting requests (the disk cache stays)."""
         self._memory.clear()
         self._broken.clear()
-        self._queue.clear()
+        with self._backlog.lock:
+            self._backlog.queue.clear()
 
     def pending(self) -> int:
         """Requests waiting or running."""
-        return len(self._queue) + len(self._running)
+        b = self._backlog
+        with b.lock:
+            return len(b.queue) + len(b.running)
 
     def wait_for_done(self, msecs: int = -1) -> bool:
         """Block until the running workers finish (shutdown and tests only)."""
@@ -245,33 +296,39 @@ class ThumbnailCache(QObject):
     # ------------------------------------------------------------------ queue
 
     def _request(self, item_id: int, path: Path, sha256: str, *, urgent: bool) -> None:
-        if (item_id, sha256) in self._running:
-            return  # in flight already
-        if item_id in self._queue:
-            self._queue[item_id] = (path, sha256)
-            if urgent:
-                self._queue.move_to_end(item_id)
-        else:
-            self._queue[item_id] = (path, sha256)
-            if not urgent:
-                self._queue.move_to_end(item_id, last=False)
-        while len(self._queue) > self.backlog:
-            self._queue.popitem(last=False)  # the stalest request
-            self.dropped += 1
+        b = self._backlog
+        with b.lock:
+            if (item_id, sha256) in b.running:
+                return  # in flight already
+            queue = b.queue
+            if item_id in queue:
+                queue[item_id] = (path, sha256)
+                if urgent:
+                    queue.move_to_end(item_id)
+            else:
+                queue[item_id] = (path, sha256)
+                if not urgent:
+                    queue.move_to_end(item_id, last=False)
+            while len(queue) > b.limit:
+                queue.popitem(last=False)  # the stalest request
+                b.dropped += 1
         self._pump()
 
     def _pump(self) -> None:
-        while self._queue and len(self._running) < self._pool.maxThreadCount():
-            item_id, (path, sha256) = self._queue.popitem(last=True)  # newest first
-            self._running.add((item_id, sha256))
-            self.loads_started += 1
-            self._pool.start(
-                _Load(self._relay, item_id, path, sha256, self.cache_dir, self.size)
-            )
+        """Start workers while requests wait and fewer than the pool's threads run."""
+        b = self._backlog
+        starts = []
+        with b.lock:
+            while b.queue and b.workers < self._pool.maxThreadCount():
+                b.workers += 1
+                starts.append(b.take_locked())
+        for first in starts:
+            self._pool.start(_Load(self._relay, b, first, self.cache_dir, self.size))
 
     @Slot(int, str, QImage)
     def _on_done(self, item_id: int, sha256: str, image: QImage) -> None:
-        self._running.discard((item_id, sha256))
+        with self._backlog.lock:
+            self._backlog.running.discard((item_id, sha256))
         if image.isNull():
             self._broken.add(item_id)
             image = self.broken
@@ -282,11 +339,17 @@ class ThumbnailCache(QObject):
         while len(self._memory) > self.memory_items:
             old, _ = self._memory.popitem(last=False)
             self._broken.discard(old)
-        self._pump()
         self.ready.emit(item_id)
 
 
 _lowered: set[int] = set()
+#: How much lower the workers' OS priority is than the GUI thread's. A little is enough
+#: for the scheduler to prefer the GUI thread when they compete (the pool already leaves
+#: it a core); more makes the workers lose the CPU to every other busy process on a
+#: shared machine: next to two busy processes, cold thumbnails ran at 0.2x the raw decode
+#: rate at +10, 0.5x at +3, 0.7x at +1, 0.8x without (`python -m bench.probes
+#: thumb-renice`).
+BACKGROUND_NICE = 1
 
 
 def _background_priority() -> None:
@@ -297,4 +360,4 @@ def _background_priority() -> None:
         return
     _lowered.add(tid)
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, tid, 10)
+        os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)

@@ -132,6 +132,54 @@ def test_probe_truncated_jpeg() -> None:
         probe_bytes(data[: len(data) // 2])
 
 
+def test_probe_png_cut_inside_its_last_chunk() -> None:
+    # Pillow's verify() stops before IEND's CRC; a file missing only those bytes is cut too.
+    data = png(300, 200)
+    for cut in (1, 4, 12):
+        with pytest.raises(ImageCheckError, match="truncated or damaged"):
+            probe_bytes(data[:-cut])
+
+
+def test_probe_jpeg_without_its_end_marker() -> None:
+    data = noisy_jpeg(400, 300)
+    assert data.endswith(b"\xff\xd9")
+    for cut in (1, 2, 100):
+        with pytest.raises(ImageCheckError, match="truncated or damaged"):
+            probe_bytes(data[:-cut])
+
+
+def test_probe_large_progressive_jpeg_is_checked_whole(tmp_path: Path) -> None:
+    data = noisy_jpeg(2400, 1600, progressive=True)
+    assert probe_file(write(tmp_path, "p.jpg", data)) == ImageInfo(
+        "jpeg", "jpg", "image/jpeg", 2400, 1600)
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_file(write(tmp_path, "cut.jpg", data[: len(data) * 9 // 10]))
+
+
+@pytest.mark.parametrize("size", [(64, 48), (2400, 1800)])  # decoded / checked by length
+def test_probe_truncated_webp(tmp_path: Path, size: tuple[int, int]) -> None:
+    im = Image.effect_noise(size, 64).convert("RGB")
+    data = encode(im, "WEBP", quality=80)
+    assert probe_file(write(tmp_path, "w.webp", data)).width == size[0]
+    for cut in (1, len(data) // 2):
+        with pytest.raises(ImageCheckError, match="truncated or damaged"):
+            probe_file(write(tmp_path, "cut.webp", data[:-cut]))
+    grown = bytearray(data)
+    grown[4:8] = (len(data) + 92).to_bytes(4, "little")  # claims more than the file holds
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_bytes(bytes(grown))
+
+
+def test_probe_file_truncated_and_empty(tmp_path: Path) -> None:
+    data = png(300, 200)
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_file(write(tmp_path, "half.png", data[: len(data) // 2]))
+    with pytest.raises(ImageCheckError, match=r"^the file is empty$"):
+        probe_file(write(tmp_path, "empty.png", b""))
+    with pytest.raises(ImageCheckError, match="too large"):
+        probe_file(write(tmp_path, "bomb.png", bilevel_png(20_000, 20_000)))
+
+
 def test_probe_png_with_bad_checksum() -> None:
     data = bytearray(png(40, 40))
     idat = data.index(b"IDAT")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import os
 from pathlib import Path
 
 import httpx
@@ -363,3 +365,76 @@ def test_protocol_errors_for_html_and_wrong_shapes() -> None:
         ApiframeProvider.parse_job(["a", "list"])
     with pytest.raises(ProtocolError, match="no image URL"):
         ApiframeProvider.parse_job({"status": "COMPLETED", "result": {"nothing": 1}})
+
+
+def _open_handles(path: Path) -> list[str]:
+    """This process's file descriptors that point at ``path`` (open or deleted)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target in (str(path), f"{path} (deleted)"):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+async def test_a_cancelled_download_leaves_no_handle_and_no_file(
+    sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
+    sim_clock: SimClock,
+) -> None:
+    """Cancel the download after 0, 1, 2, ... event-loop turns until it completes: each
+    await point in turn (the temp file being opened on the writer thread, blocks queued,
+    the back-pressure wait, the final fsync). Once the task has unwound, no descriptor
+    points at the temp file and the file is gone."""
+    client = frame(sim, http, policy)
+    job = await client.submit(GenerationRequest(model="nano-banana", prompt="x",
+                                                output_format="png"), "c")
+    sim_clock.advance(5)
+    url = (await client.poll(job.remote_id)).urls[0]
+    dest = tmp_path / "c.part"
+    cancelled = 0
+    for turns in range(5000):
+        task = asyncio.create_task(
+            download_to(http, url, dest, max_bytes=50_000_000, chunk=16_384,
+                        max_queued=32_768)
+        )
+        for _ in range(turns):
+            await asyncio.sleep(0)  # one loop turn, not a timed wait
+            if task.done():
+                break
+        if task.done():
+            got = task.result()
+            assert got.path == dest and dest.stat().st_size == got.size
+            assert _open_handles(dest) == []
+            break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cancelled += 1
+        assert not dest.exists(), f"cancelled after {turns} turn(s): the temp file remains"
+        assert _open_handles(dest) == [], f"cancelled after {turns} turn(s): a handle leaks"
+    else:
+        pytest.fail("the download never completed")
+    assert cancelled > 10
+
+
+async def test_a_download_that_cannot_be_written_raises_oserror(
+    sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
+    sim_clock: SimClock,
+) -> None:
+    """The writer thread's failure (here: no such folder) reaches the caller as the
+    OSError it is (the engine reports it as a storage problem), and nothing is left."""
+    client = frame(sim, http, policy)
+    job = await client.submit(GenerationRequest(model="nano-banana", prompt="x"), "w")
+    sim_clock.advance(5)
+    url = (await client.poll(job.remote_id)).urls[0]
+    dest = tmp_path / "missing" / "w.part"
+    with pytest.raises(FileNotFoundError):
+        await download_to(http, url, dest, max_bytes=50_000_000, chunk=16_384)
+    assert not dest.exists() and _open_handles(dest) == []
+    # the same client downloads normally afterwards (the connection was released)
+    got = await download_to(http, url, tmp_path / "ok.part", max_bytes=50_000_000)
+    assert probe_file(got.path).width > 0

@@ -359,3 +359,62 @@ def test_ten_thousand_items_load_ids_only_and_items_in_pages(
     assert len(fetched) <= 400 and len(set(fetched)) == len(fetched)
     assert view.model.fetched == len(fetched)
     assert time.perf_counter() - started < 10
+
+
+def test_new_items_go_on_top_without_a_reload(qtbot: QtBot, ui_env: UiEnv) -> None:
+    """A job finished here: its items are inserted at row 0 (no reset, no re-read of
+    every id); one that would not sort first, or a filtered grid, re-reads the ids."""
+    lib = ui_env.rt.library
+    old = [add_item(lib, f"picture {n}") for n in range(3)]
+    view = make_view(qtbot, ui_env)
+    wait_items(qtbot, view)
+    inserted: list[tuple[int, int]] = []
+    view.model.rowsInserted.connect(lambda _p, first, last: inserted.append((first, last)))
+    resets: list[bool] = []
+    view.model.modelReset.connect(lambda: resets.append(True))
+    c = ui_env.controller
+
+    new = add_item(lib, "a new picture")
+    with qtbot.waitSignal(view.model.reloaded, timeout=10_000):
+        c.itemsAdded.emit([new])
+    assert rows(view) == [new, *old[::-1]] and inserted == [(0, 0)] and not resets
+    assert view.model.item_at(0) is not None  # came with the insertion, no page fetch
+    assert view.count_label.text() == "4 images"
+
+    # an "added" item that is older than the top row: placed by a re-read instead
+    late = add_item(lib, "stored late with an early date")
+    with lib._write() as conn:
+        conn.execute("UPDATE items SET completed_at = ? WHERE id = ?", (1.0, late))
+    with qtbot.waitSignal(view.model.reloaded, timeout=10_000):
+        c.itemsAdded.emit([late])
+    assert rows(view) == [new, *old[::-1], late] and not resets
+
+    # under a filter the new item may not match: the ids are read again
+    refilter(qtbot, view, lambda: qtbot.keyClicks(view.search, "picture"))
+    other = add_item(lib, "a lighthouse")
+    match = add_item(lib, "one more picture")
+    with qtbot.waitSignal(view.model.reloaded, timeout=10_000):
+        c.itemsAdded.emit([other, match])
+    assert rows(view) == [match, new, *old[::-1]]
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_first_screen_ready_once_items_and_thumbnails_are_in(
+    qtbot: QtBot, ui_env: UiEnv, count: int
+) -> None:
+    """At start the grid fetches its first page and that page's thumbnails without
+    waiting to be painted; firstScreenReady tells when the rows in view have both (the
+    window holds its key check and the HTTP client back until then)."""
+    ids = [add_item(ui_env.rt.library, f"picture {n}") for n in range(count)]
+    thumbs = ThumbnailCache(ui_env.rt.paths.thumbnails, size=128)
+    view = LibraryView(ui_env.controller, thumbs, icon_size=96)
+    thumbs.setParent(view)
+    seen: list[bool] = []
+    view.firstScreenReady.connect(lambda: seen.append(True))
+    with qtbot.waitSignal(view.firstScreenReady, timeout=10_000):
+        show_in_host(qtbot, view)
+    assert view.first_screen_shown and rows(view) == ids[::-1]
+    assert all(thumbs.peek(i) is not None for i in ids)
+    view.model.reload()  # later reloads do not announce it again
+    qtbot.waitUntil(lambda: not view.model.is_loading(), timeout=10_000)
+    assert seen == [True]
