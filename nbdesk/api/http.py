@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Statuses with which an image host refuses a result link (signed links expire).
+_LINK_REFUSED = frozenset({401, 403, 404, 410})
+
 Sleep = Callable[[float], Awaitable[None]]
 
 USER_AGENT = "nbdesk/0.1 (+https://github.com/nbdesk)"
@@ -551,6 +554,13 @@ async def download_to(
         async with _slot(client), client.stream("GET", url) as response:
             if response.status_code >= 400:
                 await response.aread()
+                if response.status_code in _LINK_REFUSED:
+                    # Image links carry no key: a refusal means the link, not the key.
+                    raise BadRequestError(
+                        f"download: the image link was refused (HTTP "
+                        f"{response.status_code}); it may have expired. Retry asks the "
+                        "provider for a fresh link (no new payment)",
+                        status=response.status_code)
                 raise_for_status(response, what)
             if response.status_code != 200:
                 raise ProtocolError(f"{what}: unexpected HTTP {response.status_code}")

@@ -594,6 +594,13 @@ def _html_download(server: AnswerServer) -> None:
         200, b"<html><body>Access denied</body></html>", "image/png"))
 
 
+def _expired_link(server: AnswerServer) -> None:
+    server.play_apiframe([f"{server.url}/files/0.png"])
+    server.answer("GET", "/files/0.png", Answer(
+        403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+        "application/xml"))
+
+
 def _oversize_download(server: AnswerServer) -> None:
     server.play_apiframe(f"{server.url}/files/0.png")
     server.answer("GET", "/files/0.png", Answer(
@@ -761,6 +768,9 @@ CASES: list[Case] = [
     result_case("a download that is not an image", PROBE,
                 "the provider's file is not a usable image: not an image", _html_download),
     result_case("a download larger than the cap", DOWNLOAD, "MiB limit", _oversize_download),
+    result_case("an expired image link (HTTP 403)", DOWNLOAD,
+                "download: the image link was refused (HTTP 403); it may have expired. Retry "
+                "asks the provider for a fresh link (no new payment)", _expired_link),
     Case("a streamed download over the cap", "answer", DOWNLOAD,
          "download: the image is over the 1.9 MiB limit", _streamed_oversize),
     # the library
