@@ -580,8 +580,8 @@ def test_provider_down_for_a_minute_then_back(
     assert all(j.submit_attempts == 1 for j in jobs)
     # Jobs caught polling were never resubmitted: same remote job, polled on the new server.
     assert {j.id: j.remote_id for j in jobs if j.id in remote_before} == remote_before
-    assert s1["submits"] == {"apiframe": 3, "apifree": 3}
-    assert s2["submits"] == {"apiframe": 2, "apifree": 2}
+    assert s1["submits"] == {"apiframe": 3, "apifree": 3, "gemini": 0}
+    assert s2["submits"] == {"apiframe": 2, "apifree": 2, "gemini": 0}
     assert s1["replays"] == s2["replays"] == 0
     assert s2["polls"]["apiframe"] > 0 and s2["polls"]["apifree"] > 0
     assert sorted(r["remote_id"] for r in s2["jobs"]) == sorted(
