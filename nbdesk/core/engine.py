@@ -705,17 +705,8 @@ class Engine:
                 return await self._fail(
                     job, f"the provider's answer holds no usable image: {exc}", "bad_image")
             except OSError as exc:
-                return await self._fail(
-                    job, f"cannot write to the library ({exc.strerror or exc}); free some "
-                    "space or fix the folder's permissions, then retry (no new payment)",
-                    "storage",
-                )
-        try:
-            done = await self.db(self.library.complete_job, job, self.owner, stored, job.cost)
-        except (OSError, sqlite3.OperationalError) as exc:
-            return await self._fail(job, f"cannot write the library database: {exc}", "storage")
-        self._emit(done)
-        return done
+                return await self._storage_failed(job, exc)
+        return await self._complete(job, stored)
 
     async def _poll_once(
         self, job: Job, provider: Provider, deadline: float
@@ -829,11 +820,17 @@ class Engine:
                     return await self._fail(job, exc.message, "download")
                 except OSError as exc:
                     await asyncio.to_thread(tmp.unlink, missing_ok=True)
-                    return await self._fail(
-                        job, f"cannot write to the library ({exc.strerror or exc}); free some "
-                        "space or fix the folder's permissions, then retry (no new payment)",
-                        "storage",
-                    )
+                    return await self._storage_failed(job, exc)
+        return await self._complete(job, stored)
+
+    async def _storage_failed(self, job: Job, exc: OSError) -> Job:
+        """The image could not be written: paid already, so a retry downloads again."""
+        return await self._fail(
+            job, f"cannot write to the library ({exc.strerror or exc}); free some space or "
+            "fix the folder's permissions, then retry (no new payment)", "storage")
+
+    async def _complete(self, job: Job, stored: list[StoredImage]) -> Job:
+        """Record the stored images and the job's completion in one transaction."""
         try:
             done = await self.db(self.library.complete_job, job, self.owner, stored, job.cost)
         except (OSError, sqlite3.OperationalError) as exc:
