@@ -379,7 +379,7 @@ class ImageViewer(QWidget):
         self.refs_layout.setContentsMargins(0, 0, 0, 0)
         self.refs_layout.setSpacing(4)
         details = QWidget()
-        form = QFormLayout(details)
+        form = self._form = QFormLayout(details)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         for label, widget in (
@@ -637,6 +637,9 @@ class ImageViewer(QWidget):
             f"{n} thought signature{'s' if n != 1 else ''} kept: an Edit sends "
             f"{'them' if n != 1 else 'it'} back with the conversation" if n else "—")
         self.answer_label.setText(item.answer_text or "—")
+        # Rows only Gemini answers fill: shown where there is something to show.
+        self._form.setRowVisible(self.context_label, bool(n))
+        self._form.setRowVisible(self.answer_label, bool(item.answer_text))
         _set_long(self.path_label, str(item.path))
         self.favourite_action.setChecked(item.favourite)
         self.favourite_action.setText("★ Favourite" if item.favourite else "☆ Favourite")
@@ -658,7 +661,7 @@ class ImageViewer(QWidget):
             line.addWidget(thumb)
             line.addWidget(text, 1)
             self.refs_layout.addWidget(row)
-            if ref.kind == "file" and ref.path:
+            if ref.path:  # the library's copy (a URL reference's too)
                 self.controller.spawn(self._ref_thumb(thumb, root / ref.path),
                                       what="showing a reference")
 

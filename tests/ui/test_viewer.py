@@ -75,6 +75,9 @@ def test_loads_the_image_in_a_thread_and_shows_the_details(
     assert viewer.remote_label.toolTip() == item.remote_id  # shown shortened
     assert viewer.path_label.toolTip() == str(item.path)
     assert viewer.position_label.text() == "2 of 3"
+    # Rows only a Gemini answer fills are not shown empty.
+    assert not viewer._form.isRowVisible(viewer.context_label)
+    assert not viewer._form.isRowVisible(viewer.answer_label)
 
 
 def test_thumbnail_stands_in_while_the_decode_is_still_running(
@@ -370,6 +373,8 @@ def test_a_gemini_edit_chain_is_shown_and_edit_continues_it(
     assert f'edited into <a href="item:{last}">#{last}</a>' in chain
     assert viewer.context_label.text().startswith("2 thought signatures kept")
     assert viewer.answer_label.text().startswith("Here is the image")
+    assert viewer._form.isRowVisible(viewer.context_label)
+    assert viewer._form.isRowVisible(viewer.answer_label)
 
     with qtbot.waitSignal(ctl.editRequested) as edit:
         viewer.edit_action.trigger()
