@@ -141,7 +141,7 @@ def test_demo_image_with_the_keychain_and_a_reference(
     assert data["in_library"] and item["demo"] and item["refs"] == 1
     assert Path(item["path"]).is_file() and Path(item["path"]).is_relative_to(home)
     assert data["keychain"].startswith("Secret Service")
-    assert data["keys"] == {"apiframe": "keychain", "apifree": "none"}
+    assert data["keys"] == {"apiframe": "keychain", "apifree": "none", "gemini": "none"}
     assert data["modules_outside_bundle"] == []
     assert {"jpeg", "png", "webp", "gif"} <= set(data["image_formats"])
     assert KEY not in stderr
