@@ -2,7 +2,7 @@
 
 import sys
 
-from nbdesk.cli import entry
+from nbdesk.launcher import entry
 
 if __name__ == "__main__":
     entry(sys.argv[1:] or ["gui"])

@@ -71,8 +71,12 @@ def sc_startup(reps: int) -> tuple[list[Row], dict[str, Any]]:
                         started=started, timeout=120)
         if "paint_mono" not in res:
             raise RuntimeError(f"startup {kind}: {res}")
-        return {"ms": (res["paint_mono"] - started[0]) * 1000,
-                "interp_ms": (res["interp_mono"] - started[0]) * 1000}
+        out = {"ms": (res["paint_mono"] - started[0]) * 1000,
+               "interp_ms": (res["interp_mono"] - started[0]) * 1000}
+        for key in ("drawn", "attached"):  # the app's later steps, for context
+            if key in res:
+                out[f"{key}_ms"] = (res[key] - started[0]) * 1000
+        return out
 
     one("bare")
     one("app")  # warm-up: bytecode and page caches
@@ -81,14 +85,18 @@ def sc_startup(reps: int) -> tuple[list[Row], dict[str, Any]]:
         pair = {}
         for kind in (("bare", "app") if r % 2 == 0 else ("app", "bare")):
             pair[kind] = one(kind)
+        app = pair["app"]
         runs.append({"bare_ms": round(pair["bare"]["ms"], 1),
-                     "app_ms": round(pair["app"]["ms"], 1),
-                     "interp_ms": round(pair["app"]["interp_ms"], 1),
-                     "ratio": round(pair["app"]["ms"] / pair["bare"]["ms"], 3)})
+                     "app_ms": round(app["ms"], 1),
+                     "interp_ms": round(app["interp_ms"], 1),
+                     "ratio": round(app["ms"] / pair["bare"]["ms"], 3),
+                     **{k: round(app[k], 1) for k in ("drawn_ms", "attached_ms") if k in app}})
     m = medians(runs)
-    rows = [Row("start-up", "process start -> main window painted, app / bare", m["ratio"],
-                "x", "<= 1.3x", m["ratio"] <= 1.3,
-                f"bare {m['bare_ms']:.0f} ms; app {m['app_ms']:.0f} ms", m)]
+    rows = [Row("start-up", "process start -> main window (frame) painted, app / bare",
+                m["ratio"], "x", "<= 1.3x", m["ratio"] <= 1.3,
+                f"bare {m['bare_ms']:.0f} ms; app {m['app_ms']:.0f} ms; library drawn at "
+                f"{m.get('drawn_ms', 0):.0f} ms, all panels at {m.get('attached_ms', 0):.0f} ms",
+                m)]
     return rows, {"runs": runs, "median": m}
 
 

@@ -36,14 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT, ROOT
+from bench.common import OUT, ROOT, child_env
 
 # ---------------------------------------------------------------------------- start-up
 
 
 def startup_phases(runs: int = 5) -> None:
-    env = {**os.environ, "NBDESK_HOME": str(OUT / "lib10k")}
-    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    env = child_env({"NBDESK_HOME": str(OUT / "lib10k")})
     rows = []
     for _ in range(runs):
         t0 = time.monotonic()
@@ -291,8 +290,7 @@ def search() -> None:
 
 
 def reopen_trace(runs: int = 3) -> None:
-    env = {**os.environ, "NBDESK_HOME": str(OUT / "lib10k")}
-    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    env = child_env({"NBDESK_HOME": str(OUT / "lib10k")})
     for _ in range(runs):
         out = subprocess.run([sys.executable, "-m", "bench.probes", "_reopen-child"],
                              cwd=ROOT, env=env, capture_output=True, text=True, check=True)

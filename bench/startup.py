@@ -3,8 +3,11 @@ reopen, the window's show() to the first screen of the library grid fully drawn.
 
 ``python -m bench.startup bare``: a bare PySide6 window (import, QMainWindow shown, first
 paint): the baseline. ``python -m bench.startup app [drawn]``: the real app
-(``nbdesk.app.main``, NBDESK_HOME from the environment) with a thin probe subclass of
-MainWindow; ``drawn`` waits until every visible grid cell shows its thumbnail.
+(``nbdesk.launcher.entry``, as the ``nbdesk`` command runs it; NBDESK_HOME from the
+environment) with a thin probe subclass of
+MainWindow. The window shows in steps: ``app`` reports the first paint of its frame, and
+as context when the library grid's first screen was drawn and when every panel was built;
+``app drawn`` stops once every visible grid cell shows its thumbnail.
 
 Times are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide on Linux), so the parent can
 subtract the moment it spawned this process. The child leaves with ``os._exit`` as soon as
@@ -51,7 +54,7 @@ def app(wait_drawn: bool, timeout: float = 20.0) -> None:
     from PySide6.QtGui import QPaintEvent
 
     import nbdesk.ui.main_window as mw
-    from nbdesk.app import main
+    from nbdesk.launcher import entry
 
     marks: dict[str, Any] = {}
 
@@ -87,18 +90,30 @@ def app(wait_drawn: bool, timeout: float = 20.0) -> None:
                 if visible:
                     marks["drawn"] = time.monotonic()
                     marks["visible_cells"] = visible
-                    # after this paint event has been handled
-                    QTimer.singleShot(0, lambda: _done({**marks, "after": time.monotonic()}))
+                    if wait_drawn:  # after this paint event has been handled
+                        QTimer.singleShot(0, lambda: _done({**marks, "after": time.monotonic()}))
             return False
 
     class ProbeWindow(mw.MainWindow):
+        """The window shows in steps (its frame, then the library grid, then the other
+        panels): ``paint`` is the frame's first paint, ``drawn`` the first screen of the
+        grid fully drawn, ``attached`` every panel built and wired."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            if wait_drawn:
-                self._probe = ViewportProbe(self)
-                self.library.list.viewport().installEventFilter(self._probe)
-                QTimer.singleShot(int(timeout * 1000),
-                                  lambda: _done({**marks, "timeout": True}))
+            QTimer.singleShot(int(timeout * 1000), lambda: _done({**marks, "timeout": True}))
+
+        def add_library(self, *args: Any, **kwargs: Any) -> None:
+            super().add_library(*args, **kwargs)
+            marks["library_built"] = time.monotonic()
+            self._probe = ViewportProbe(self)
+            self.library.list.viewport().installEventFilter(self._probe)
+
+        def attach(self, *args: Any, **kwargs: Any) -> None:
+            super().attach(*args, **kwargs)
+            marks["attached"] = time.monotonic()
+            if not wait_drawn:  # the start-up figure is the frame's paint; the rest: context
+                QTimer.singleShot(0, lambda: _done({"paint_mono": marks["paint"], **marks}))
 
         def show(self) -> None:
             marks["show"] = time.monotonic()
@@ -108,16 +123,14 @@ def app(wait_drawn: bool, timeout: float = 20.0) -> None:
         def paintEvent(self, event: QPaintEvent) -> None:
             if "paint" not in marks:
                 marks["paint"] = time.monotonic()
-                if not wait_drawn:
-                    _done({"paint_mono": marks["paint"], **marks})
             super().paintEvent(event)
 
     mw.MainWindow = ProbeWindow  # type: ignore[misc]  # main() imports it from here
-    main()
+    entry([])  # what the nbdesk command, python -m nbdesk and main.py run
 
 
 def phases(t_spawn: float) -> None:
-    """For ``bench.probes startup-phases``: timestamps of the start-up phases."""
+    """For ``bench.probes startup-phases``: timestamps of the start-up's steps."""
     marks: dict[str, float] = {}
 
     def mark(key: str) -> None:
@@ -126,50 +139,51 @@ def phases(t_spawn: float) -> None:
     mark("interpreter up")
     import PySide6.QtWidgets  # noqa: F401
 
-    mark("import PySide6.QtWidgets")
-    import asyncio as _asyncio  # noqa: F401
+    mark("import PySide6.QtWidgets (the bare window's cost)")
+    from PySide6.QtCore import QTimer
 
-    import qasync  # noqa: F401
-
-    mark("import asyncio + qasync")
-    import nbdesk.core.runtime as rtm
-
-    mark("import nbdesk.core (runtime, engine, library, api)")
-    import nbdesk.ui.library_view  # noqa: F401
-
-    mark("import nbdesk.ui.library_view (first Qt model/view types)")
     import nbdesk.ui.main_window as mw
+    from nbdesk.launcher import entry
 
-    mark("import the rest of nbdesk.ui")
-    from nbdesk.app import main
-
-    orig_open = rtm.Runtime.open.__func__  # type: ignore[attr-defined]
-
-    def open_(cls: Any, *a: Any, **k: Any) -> Any:
-        mark("main(): QApplication")
-        r = orig_open(cls, *a, **k)
-        mark("Runtime.open")
-        return r
-
-    rtm.Runtime.open = classmethod(open_)  # type: ignore[method-assign,assignment]
+    mark("import nbdesk.launcher, nbdesk.ui.main_window")
 
     class Probe(mw.MainWindow):
         def __init__(self, *a: Any, **k: Any) -> None:
+            mark("main(): QApplication, style, icon")
             super().__init__(*a, **k)
-            mark("MainWindow.__init__")
+            mark("1. the frame built")
 
         def show(self) -> None:
             super().show()
-            mark("show()")
+            mark("   show()")
 
         def paintEvent(self, event: Any) -> None:
-            mark("first paint of the main window")
-            print(json.dumps({k: round((v - t_spawn) * 1000, 1) for k, v in marks.items()}))
-            sys.stdout.flush()
-            os._exit(0)
+            mark("   the frame painted")
+            super().paintEvent(event)
+
+        def add_library(self, *a: Any, **k: Any) -> None:
+            import nbdesk.ui.library_view  # noqa: F401  (main imported it already)
+
+            mark("2. runtime open, grid modules imported")
+            super().add_library(*a, **k)
+            mark("   the grid built (first page preloaded)")
+            self.library.firstScreenReady.connect(
+                lambda: mark("   first screen ready (items and thumbnails in)"))
+
+        def attach(self, *a: Any, **k: Any) -> None:
+            mark("3. asyncio, qasync, engine modules imported")
+            super().attach(*a, **k)
+            mark("   every panel built and wired")
+            QTimer.singleShot(0, finish)
+
+    def finish() -> None:
+        mark("   back in the event loop")
+        print(json.dumps({k: round((v - t_spawn) * 1000, 1) for k, v in marks.items()}))
+        sys.stdout.flush()
+        os._exit(0)
 
     mw.MainWindow = Probe  # type: ignore[misc]
-    main()
+    entry([])
 
 
 if __name__ == "__main__":

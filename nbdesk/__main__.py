@@ -1,3 +1,3 @@
-from nbdesk.cli import entry
+from nbdesk.launcher import entry
 
 entry()

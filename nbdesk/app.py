@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from PySide6.QtWidgets import QWidget
+if TYPE_CHECKING:  # imported as each step of the start needs them (see main)
+    import asyncio
 
+    from PySide6.QtCore import SignalInstance
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    from nbdesk.core.library import FirstPage, LibraryError
+    from nbdesk.core.runtime import Runtime
     from nbdesk.ui.main_window import MainWindow
-
-log = logging.getLogger(__name__)
 
 
 def settle_heap() -> None:
@@ -28,44 +29,116 @@ def settle_heap() -> None:
 
 def first_paint(widget: QWidget) -> asyncio.Future[None]:
     """A future resolved once ``widget`` has been painted for the first time."""
-    from PySide6.QtCore import QEvent, QObject
+    import asyncio
 
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _on_first_paint(widget, lambda: None if future.done() else future.set_result(None))
+    return future
+
+
+def _on_first_paint(widget: QWidget, callback: Callable[[], None]) -> None:
+    """``callback()`` once ``widget`` has been painted (after that paint is done)."""
+    from PySide6.QtCore import QEvent, QObject, QTimer
 
     class Watch(QObject):
         def eventFilter(self, obj: QObject, event: QEvent) -> bool:
             if event.type() == QEvent.Type.Paint:
-                if not future.done():
-                    future.set_result(None)  # the waiter resumes after this paint
+                QTimer.singleShot(0, callback)
                 widget.removeEventFilter(self)
                 self.deleteLater()
             return False
 
     widget.installEventFilter(Watch(widget))
-    return future
 
 
-def first_screen(window: MainWindow) -> asyncio.Future[None]:
-    """A future resolved once the library grid's first screen is drawn."""
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    if window.library.first_screen_shown:
-        future.set_result(None)
-    else:
-        window.library.firstScreenReady.connect(
-            lambda: None if future.done() else future.set_result(None))
-    return future
+def _pump(timeout: float, *, painted: QWidget | None = None,
+          signals: Sequence[SignalInstance] = (), until: Callable[[], bool] | None = None,
+          ) -> None:
+    """Run Qt's event loop (there is no asyncio loop yet) until ``painted`` has been
+    painted, one of ``signals`` is emitted, ``until()`` holds, or ``timeout`` seconds
+    have passed."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    if until is not None and until():
+        return
+    loop = QEventLoop()
+    QTimer.singleShot(int(timeout * 1000), loop, loop.quit)
+    for signal in signals:
+        signal.connect(loop.quit)
+    if painted is not None:
+        _on_first_paint(painted, loop.quit)
+    loop.exec()
+
+
+class _Opener:
+    """Opens the runtime (settings, the library's database) and reads the library grid's
+    first page on its own thread, while the GUI thread imports and builds the grid:
+    SQLite releases the GIL while it works."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._done = threading.Event()
+        self.rt: Runtime | None = None
+        self.error: LibraryError | None = None
+        self._page: FirstPage | None = None
+        threading.Thread(target=self._run, name="nbdesk-open", daemon=True).start()
+
+    def _run(self) -> None:
+        # Nothing is imported here (the caller imported nbdesk.core.runtime): the GUI
+        # thread is importing the grid's modules meanwhile, and PySide's lazily made
+        # types must not be imported from two threads at once.
+        from nbdesk.core.library import LibraryError
+        from nbdesk.core.runtime import Runtime
+
+        try:
+            self.rt = Runtime.open()
+        except LibraryError as exc:
+            self.error = exc
+            self._done.set()
+            return
+        try:
+            self._page = self.rt.library.first_page()
+        except Exception:  # the grid reads it again the usual way, and reports errors
+            import logging  # (the GUI thread has imported it by now)
+
+            logging.getLogger(__name__).exception("reading the first page of the library")
+        finally:
+            self._done.set()
+
+    def runtime(self) -> Runtime:
+        """The runtime; raises LibraryError (user-facing) if the library cannot be opened."""
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.rt is not None
+        return self.rt
+
+    def first_page(self) -> FirstPage | None:
+        self._done.wait()
+        return self._page
 
 
 def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
-    """``files``: image paths to open (the command line's, "Open with nbdesk")."""
-    import qasync
+    """``files``: image paths to open (the command line's, "Open with nbdesk").
+
+    The window shows in steps (see ``MainWindow``): its frame is painted before anything
+    but Qt is imported; then the library grid, with its first page read on another
+    thread meanwhile; once its first screen is drawn, the other panels, the asyncio
+    loop, the engine, and last the HTTP client and resumed jobs."""
     from PySide6.QtWidgets import QApplication, QMessageBox
 
-    from nbdesk.core.library import LibraryError
-    from nbdesk.core.runtime import Runtime, setup_logging, start_engine
+    from nbdesk.core.paths import Paths
+    from nbdesk.ui.launch import apply_identity
+    from nbdesk.ui.main_window import MainWindow, apply_app_style
 
-    app = QApplication.instance() or QApplication([sys.argv[0], *argv])
-    assert isinstance(app, QApplication)
+    existing = QApplication.instance()
+    if existing is None:  # Fusion from the start (setStyle later makes a second style: ~10 ms)
+        app = QApplication([sys.argv[0], "-style", "fusion", *argv])
+    else:
+        assert isinstance(existing, QApplication)
+        app = existing
+        apply_app_style(app)
     app.setApplicationName("nbdesk")
     app.setOrganizationName("nbdesk")
     app.setApplicationDisplayName("nbdesk")
@@ -73,56 +146,81 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     # quit on its own first (qasync would then run leftover callbacks with no running
     # asyncio loop, in the middle of jobs).
     app.setQuitOnLastWindowClosed(False)
-    try:
-        rt = Runtime.open()
-    except LibraryError as exc:
-        QMessageBox.critical(None, "nbdesk", str(exc))
-        return 3
-    setup_logging(rt.paths)
-
-    from nbdesk.ui.controller import Controller
-    from nbdesk.ui.crash import CrashHandler
-    from nbdesk.ui.launch import apply_identity, window_ready
-    from nbdesk.ui.main_window import MainWindow, apply_app_style
-
-    apply_app_style(app)
     apply_identity(app)
-    crash = CrashHandler(rt.paths.log_dir)
-    crash.install()
+
+    # 1. the frame
+    window = MainWindow(layout_file=Paths.resolve().settings_file.parent / "window.ini")
+    window.show()
+    _pump(0.5, painted=window, signals=[window.closed])
+
+    # 2. the library grid
+    from nbdesk.core.library import LibraryError
+    from nbdesk.core.runtime import setup_logging
+
+    opener = _Opener()
+    from nbdesk.ui.library_view import LibraryView  # noqa: F401  (imported while it opens)
+
+    try:
+        rt = opener.runtime()
+    except LibraryError as exc:
+        QMessageBox.critical(window, "nbdesk", str(exc))
+        window.close()
+        return 3
+    try:
+        from nbdesk.ui.crash import CrashHandler
+
+        crash = CrashHandler(rt.paths.log_dir)
+        crash.install()
+        window.add_library(rt.paths.thumbnails, preload=opener.first_page)
+        library = window.library
+        _pump(1.0, signals=[library.firstScreenReady, window.closed],
+              until=lambda: library.first_screen_shown)
+        # (never painted, e.g. minimized: the timeouts let the start go on)
+        _pump(0.2, painted=library.list.viewport(), signals=[window.closed])
+        setup_logging(rt.paths)
+        if window.was_closed:
+            return 0
+        return _run(app, rt, window, files)
+    finally:
+        rt.close()
+
+
+def _run(app: QApplication, rt: Runtime, window: MainWindow, files: Sequence[str]) -> int:
+    """3. the rest of the window, the engine, the asyncio loop."""
+    import asyncio
+
+    import qasync
+
+    from nbdesk.core.runtime import start_engine
+    from nbdesk.ui.controller import Controller
+    from nbdesk.ui.launch import window_ready
 
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     closed = asyncio.Event()
     app.aboutToQuit.connect(closed.set)
+    window.closed.connect(closed.set)
 
     async def run() -> None:
         async with rt.engine(take_over=True, resume=True, start=False) as engine:
-            window = MainWindow(Controller(rt, engine))
-            window.closed.connect(closed.set)
-            painted = first_paint(window)
-            window.show()
+            window.attach(Controller(rt, engine))
             window_ready(window, files)
-            # Paint first, then the library's first screen, then wire: the HTTP client
-            # (imports and an SSL context on a worker thread, contending for the GIL),
-            # resumed jobs. A submit before that still works (the client is made then).
-            with contextlib.suppress(TimeoutError):  # never painted (minimized): go on
-                await asyncio.wait_for(painted, 0.5)
-                await asyncio.wait_for(first_screen(window), 1.0)
-                await asyncio.wait_for(first_paint(window.library.list.viewport()), 0.2)
+            # The new panels are painted before the HTTP client is made (imports and an
+            # SSL context on a worker thread, contending for the GIL) and jobs resume.
+            # A submit before that still works (the client is made then).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(first_paint(window), 0.5)
             await start_engine(engine, resume=True)
             asyncio.get_running_loop().call_later(1.0, settle_heap)
             await closed.wait()
         # leaving the block stopped the engine: unfinished jobs resume on the next start
 
-    try:
-        with loop:
-            task = loop.create_task(run())
-            while not task.done():
-                # Qt may quit (last window closed, session end) before the engine has
-                # stopped; run the loop again until the orderly shutdown has finished.
-                with contextlib.suppress(RuntimeError):
-                    loop.run_until_complete(task)
-            task.result()
-    finally:
-        rt.close()
+    with loop:
+        task = loop.create_task(run())
+        while not task.done():
+            # Qt may quit (last window closed, session end) before the engine has
+            # stopped; run the loop again until the orderly shutdown has finished.
+            with contextlib.suppress(RuntimeError):
+                loop.run_until_complete(task)
+        task.result()
     return 0

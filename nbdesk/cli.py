@@ -477,28 +477,35 @@ def _error(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = run(argv)
-    except CliError as exc:
+        return run(argv)
+    except BaseException as exc:  # (SystemExit passes through: argparse's --help, usage)
+        if isinstance(exc, SystemExit):
+            raise
+        return exit_code_for(exc)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Report an error that ended a command (one line on stderr) and give its exit
+    code; also used for the desktop app's start (``nbdesk.launcher``)."""
+    if isinstance(exc, CliError):
         _error(str(exc))
-        code = exc.code
-    except InputError as exc:
+        return exc.code
+    if isinstance(exc, InputError):
         _error(str(exc))
-        code = EXIT_BAD_INPUT
-    except (ConfigError, KeychainError) as exc:
+        return EXIT_BAD_INPUT
+    if isinstance(exc, ConfigError | KeychainError | LibraryError):
         _error(str(exc))
-        code = EXIT_CONFIG
-    except LibraryError as exc:
-        _error(str(exc))
-        code = EXIT_CONFIG
-    except KeyboardInterrupt:
+        return EXIT_CONFIG
+    if isinstance(exc, KeyboardInterrupt):
         print("nbdesk: interrupted; unfinished jobs continue with `nbdesk resume`",
               file=sys.stderr)
-        code = 130
-    except Exception as exc:  # a bug: one line for the user, the traceback in the log
-        log.exception("unexpected error")
-        _error(f"internal error: {type(exc).__name__}: {exc} (details in the log)")
-        code = 70
-    return code
+        return 130
+    if not isinstance(exc, Exception):
+        raise exc
+    # a bug: one line for the user, the traceback in the log
+    log.error("unexpected error", exc_info=exc)
+    _error(f"internal error: {type(exc).__name__}: {exc} (details in the log)")
+    return 70
 
 
 if __name__ == "__main__":
@@ -506,15 +513,8 @@ if __name__ == "__main__":
 
 
 def entry(argv: Sequence[str] | None = None) -> NoReturn:
-    """The process's entry point (the ``nbdesk`` script, ``python -m nbdesk``, main.py):
-    ``main``, then exit.
-
-    After the desktop app, which has shut down in order by then (engine stopped, library
-    closed, settings saved), the process leaves without the interpreter's teardown: a
-    keychain call still hanging in its worker thread (a daemon, never joined, so that a
-    dead keychain cannot keep the app from quitting) would be unwound inside Qt's C++
-    code by that teardown, which aborts the process ("FATAL: exception not rethrown",
-    SIGABRT, seen in CI)."""
+    """``main``, then exit (``nbdesk.launcher.entry`` is the process's entry point: it
+    opens the desktop app itself and hands every other command line to this)."""
     code = main(argv)
     if _left_the_app:
         logging.shutdown()

@@ -19,9 +19,6 @@ user's data folder is touched; ``uninstall-desktop`` removes exactly those files
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -216,6 +213,9 @@ def uninstall_desktop(*, env: Mapping[str, str] | None = None,
 
 def _refresh(data: Path) -> list[str]:
     """Let menus and file managers see the change now (best effort, optional tools)."""
+    import shutil  # (here: the window imports this module as it starts)
+    import subprocess
+
     ran = []
     for tool, args in (
         ("update-desktop-database", ["-q", str(data / "applications")]),
@@ -234,5 +234,7 @@ def _refresh(data: Path) -> list[str]:
 
 
 def describe(done: Installed, command: Sequence[str]) -> str:
+    import shlex
+
     return (f"installed the nbdesk launcher ({len(done.files)} files) for "
             f"{shlex.join(command)}:\n  " + "\n  ".join(str(f) for f in done.files))

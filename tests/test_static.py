@@ -48,3 +48,28 @@ def test_the_window_imports_no_network_keychain_or_simulator_before_it_paints() 
     result = run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def modules_loaded_by(*imports: str) -> set[str]:
+    code = f"import sys, {', '.join(imports)}; print(' '.join(sorted(sys.modules)))"
+    result = run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_the_window_frame_paints_before_the_panels_engine_and_asyncio_load() -> None:
+    """The app shows in steps (nbdesk.app.main): what the frame needs must not pull in
+    the grid, the other panels, the engine, asyncio or the command line."""
+    loaded = modules_loaded_by("nbdesk.launcher", "nbdesk.app", "nbdesk.ui.main_window",
+                               "nbdesk.core.paths", "nbdesk.ui.launch")
+    early = {"asyncio", "nbdesk.cli", "nbdesk.core.engine", "nbdesk.core.library",
+             "nbdesk.ui.library_view", "nbdesk.ui.composer", "nbdesk.ui.controller",
+             "nbdesk.ui.viewer", "subprocess"}
+    assert loaded & early == set()
+
+
+def test_the_library_grid_draws_before_the_engine_and_asyncio_load() -> None:
+    loaded = modules_loaded_by("nbdesk.core.runtime", "nbdesk.ui.library_view",
+                               "nbdesk.ui.message_bar", "nbdesk.ui.crash")
+    assert loaded & {"asyncio", "nbdesk.core.engine", "nbdesk.api.http",
+                     "nbdesk.ui.controller", "nbdesk.ui.composer"} == set()

@@ -186,6 +186,14 @@ class Item:
         return "\n".join(str(p["text"]) for p in self.turn if p.get("text")).strip()
 
 
+@dataclass(frozen=True)
+class FirstPage:
+    """The library grid's opening rows: every id (newest first), the first page's items."""
+
+    ids: list[int]
+    items: dict[int, Item]
+
+
 def make_owner() -> str:
     """A lease owner id for this process: host, pid and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -683,6 +691,12 @@ class Library:
             cur = self._conn.cursor()
             cur.row_factory = None
             return [item_id for (item_id,) in cur.execute(sql, args)]
+
+    def first_page(self, page_size: int = 120) -> FirstPage:
+        """What the library grid shows first (no filters): every id, newest first, and
+        the items of the first page. The window reads it on its own thread as it starts."""
+        ids = self.item_ids()
+        return FirstPage(ids, self.items_by_id(ids[:page_size]))
 
     def items_by_id(self, ids: Sequence[int]) -> dict[int, Item]:
         out: dict[int, Item] = {}

@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nbdesk.api.http import make_client
-from nbdesk.core.connector import Connector
-from nbdesk.core.engine import Engine, EngineConfig
 from nbdesk.core.library import Library
 from nbdesk.core.paths import Paths
 from nbdesk.core.secrets import RedactingFilter, SecretStore
 from nbdesk.core.settings import Settings, load_settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the engine's modules load when an engine is made: the window's
+    # library grid is up before that
+    from nbdesk.core.engine import Engine, EngineConfig
     from nbdesk.sim import SimConfig
 
 
@@ -44,6 +43,8 @@ class Runtime:
         return cls(paths, settings, SecretStore(environ=env), Library(paths), env)
 
     def engine_config(self, *, take_over: bool = True) -> EngineConfig:
+        from nbdesk.core.engine import EngineConfig
+
         s = self.settings
         return EngineConfig(
             concurrency=s.concurrency, poll_interval=s.poll_interval,
@@ -59,6 +60,10 @@ class Runtime:
 
         With ``start=False`` the caller finishes the start-up (``start_engine``) when it
         suits it: the window paints first, then makes the client and resumes jobs."""
+        from nbdesk.api.http import make_client
+        from nbdesk.core.connector import Connector
+        from nbdesk.core.engine import Engine
+
         connector = Connector(
             make_client, self.secrets, self.settings, env=self.env, demo_config=demo_config
         )

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -351,6 +350,8 @@ class SecretStore:
         provider_id: str | None = None,
         secret: str | None = None,
     ) -> T:
+        import asyncio  # (only async callers pay for it: the window's grid starts first)
+
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[T] = loop.create_future()
 

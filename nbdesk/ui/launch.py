@@ -7,7 +7,6 @@ composer's reference tray (checked there like a dropped file), ready for a promp
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from PySide6.QtGui import QGuiApplication, QIcon
 from nbdesk.desktop import DESKTOP_NAME, ICON_SIZES, icon_png, local_path
 
 if TYPE_CHECKING:
+    import asyncio
+
     from nbdesk.ui.main_window import MainWindow
 
 

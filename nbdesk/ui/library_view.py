@@ -13,7 +13,6 @@ are inserted on top directly when the grid is unfiltered.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import shutil
@@ -21,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import shiboken6
 from PySide6.QtCore import (
@@ -69,11 +68,17 @@ from PySide6.QtWidgets import (
 )
 
 from nbdesk.api.capabilities import PROVIDERS
-from nbdesk.core.library import Item
-from nbdesk.ui.controller import Controller
+from nbdesk.core.library import FirstPage, Item
 from nbdesk.ui.thumbnails import ThumbnailCache
 
+if TYPE_CHECKING:  # the grid is built before asyncio and the engine are imported
+    import asyncio
+
+    from nbdesk.ui.controller import Controller
+
 Index = QModelIndex | QPersistentModelIndex
+
+PAGE_SIZE = 120  # items fetched per query as rows come into view (Library.first_page's)
 
 ItemIdRole = Qt.ItemDataRole.UserRole
 ItemRole = Qt.ItemDataRole.UserRole + 1  # the Item, or None while its page loads
@@ -156,15 +161,19 @@ class LibraryModel(QAbstractListModel):
 
     def __init__(
         self,
-        controller: Controller,
+        controller: Controller | None,
         thumbnails: ThumbnailCache,
         parent: Any = None,
         *,
-        page_size: int = 120,
+        page_size: int = PAGE_SIZE,
         icon_size: int = 160,
     ) -> None:
         super().__init__(parent)
-        self.controller = controller
+        #: None while the window is still starting (``attach`` follows): the rows shown
+        #: then come from ``preload``; anything more is asked for on attach
+        self._controller = controller
+        self._deferred_reload = False
+        self._deferred_pages: set[int] = set()
         self.thumbnails = thumbnails
         self.page_size = page_size
         self._ids: list[int] = []
@@ -195,6 +204,12 @@ class LibraryModel(QAbstractListModel):
         self._timer.setInterval(0)
         self._timer.timeout.connect(lambda: self._schedule(reset=False))
         thumbnails.ready.connect(self._thumbnail_ready)
+
+    @property
+    def controller(self) -> Controller:
+        if self._controller is None:
+            raise RuntimeError("the library grid has no controller yet")
+        return self._controller
 
     # ------------------------------------------------------------------ reading
 
@@ -298,8 +313,13 @@ class LibraryModel(QAbstractListModel):
         self._pages.add(page)
         wanted = [i for i in self._ids[page * self.page_size:(page + 1) * self.page_size]
                   if i not in self._items]
-        if wanted:
-            self.controller.spawn(self._fetch(self._gen, wanted), what="loading the library")
+        if not wanted:
+            return
+        if self._controller is None:
+            self._pages.discard(page)
+            self._deferred_pages.add(page)  # asked for once attached
+            return
+        self.controller.spawn(self._fetch(self._gen, wanted), what="loading the library")
 
     async def _fetch(self, gen: int, ids: list[int]) -> None:
         items = await self.controller.items_by_id(ids)
@@ -389,6 +409,8 @@ class LibraryModel(QAbstractListModel):
 
     async def _run_add(self) -> None:
         try:
+            import asyncio
+
             await asyncio.sleep(0)  # take every id announced in this turn in one go
             ids, self._adding = self._adding, []
             self._add_pending = False
@@ -424,8 +446,39 @@ class LibraryModel(QAbstractListModel):
         if self._loading:
             self._again = True
             return
+        if self._controller is None:
+            self._deferred_reload = True
+            return
         self._loading = True
         self.controller.spawn(self._run_reload(), what="loading the library")
+
+    def attach(self, controller: Controller) -> None:
+        """The controller arrives (the window finished starting): what was asked for
+        meanwhile is loaded now."""
+        self._controller = controller
+        pages, self._deferred_pages = self._deferred_pages, set()
+        if self._deferred_reload:  # (its rows ask for their pages again)
+            self._deferred_reload = False
+            self._schedule(reset=False)
+            return
+        for page in sorted(pages):
+            self._request_page(page)
+
+    def preload(self, ids: list[int], items: dict[int, Item]) -> None:
+        """The unfiltered grid's ids and first page, read before the controller exists
+        (``Library.first_page``, on another thread while the window was being built)."""
+        self._filters = {}
+        self._apply(ids, reset=True)
+        for item_id in ids[:self.page_size]:
+            item = items.get(item_id)
+            if item is not None:
+                self._items[item_id] = item
+        self._pages.add(0)
+        # top row first: queued in reverse, as the thumbnail loads go newest first
+        first = [self._items[i] for i in ids[:self.first_screen] if i in self._items]
+        for item in reversed(first):
+            self.thumbnails.get(item.id, item.path, item.sha256)
+        self.pageLoaded.emit()
 
     async def _run_reload(self) -> None:
         try:
@@ -578,16 +631,20 @@ class LibraryView(QWidget):
 
     def __init__(
         self,
-        controller: Controller,
+        controller: Controller | None,
         thumbnails: ThumbnailCache | None = None,
         parent: QWidget | None = None,
         *,
         icon_size: int = 160,
-        page_size: int = 120,
+        page_size: int = PAGE_SIZE,
+        preload: FirstPage | None = None,
     ) -> None:
+        """``controller`` None: the window is starting; ``attach`` gives it later, and
+        until then the grid shows ``preload`` (the unfiltered first page)."""
         super().__init__(parent)
-        self.controller = controller
+        self._controller = controller
         if thumbnails is None:
+            assert controller is not None, "a thumbnail cache or a controller"
             thumbnails = ThumbnailCache(controller.library.paths.thumbnails, parent=self)
         self.thumbnails = thumbnails
         self.model = LibraryModel(controller, thumbnails, self, page_size=page_size,
@@ -622,6 +679,10 @@ class LibraryView(QWidget):
         padding = 8
         self.delegate = _ThumbDelegate(icon_size, padding, self)
         self.list = QListView()
+        # A viewport made here: the one Qt makes reaches Python as a bare QWidget*, and
+        # PySide then creates every QWidget subclass's type (and enums) to find out
+        # what it is (~20 ms, before the grid's first screen).
+        self.list.setViewport(QWidget())
         self.list.setViewMode(QListView.ViewMode.IconMode)
         self.list.setMovement(QListView.Movement.Static)
         self.list.setResizeMode(QListView.ResizeMode.Adjust)
@@ -692,13 +753,27 @@ class LibraryView(QWidget):
         self.model.modelReset.connect(self._restore_position)
         self.model.countChanged.connect(self._count_changed)
         self.list.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
-        controller.libraryChanged.connect(self.model.reload)
-        controller.itemsAdded.connect(self.model.add_items)
         self.first_screen_shown = False
         for signal in (self.model.reloaded, self.model.pageLoaded, self.thumbnails.ready):
             signal.connect(self._check_first_screen)
         self._update_actions()
-        self.apply_filters()
+        if preload is not None:
+            self.model.preload(preload.ids, preload.items)
+        self.apply_filters()  # the same (empty) filters as the preload's: nothing to do
+        if controller is not None:
+            self.attach(controller)
+
+    @property
+    def controller(self) -> Controller:
+        if self._controller is None:
+            raise RuntimeError("the library view has no controller yet")
+        return self._controller
+
+    def attach(self, controller: Controller) -> None:
+        self._controller = controller
+        controller.libraryChanged.connect(self.model.reload)
+        controller.itemsAdded.connect(self.model.add_items)
+        self.model.attach(controller)
 
     def _action(self, text: str, slot: Callable[[], object],
                 shortcut: QKeySequence | None = None) -> QAction:
@@ -706,7 +781,9 @@ class LibraryView(QWidget):
         if shortcut is not None:
             action.setShortcut(shortcut)
         action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        action.triggered.connect(lambda _checked=False: slot())
+        # (no controller yet while the window starts: the grid shows, its actions wait)
+        action.triggered.connect(
+            lambda _checked=False: None if self._controller is None else slot())
         self.list.addAction(action)
         return action
 
@@ -906,6 +983,8 @@ class LibraryView(QWidget):
         return self.controller.spawn(self._export(list(ids), folder), what="exporting images")
 
     async def _export(self, ids: list[int], folder: Path) -> list[Path]:
+        import asyncio
+
         items = await self.controller.items_by_id(ids)
         ordered = [items[i] for i in ids if i in items]
         alive = shiboken6.isValid

@@ -7,32 +7,32 @@ the library and the Qt models, and every core call goes through the Controller.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
-from PySide6.QtWidgets import (
-    QApplication,
-    QComboBox,
-    QLabel,
-    QMainWindow,
-    QSplitter,
-    QStackedWidget,
-    QSystemTrayIcon,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import QByteArray, QSettings, QTimer, Signal
+from PySide6.QtWidgets import QApplication, QMainWindow, QWidget
+from shiboken6 import isValid
 
-from nbdesk.api.capabilities import PROVIDERS
-from nbdesk.core.jobs import Job, JobState
-from nbdesk.ui.composer import Composer
-from nbdesk.ui.controller import Controller
-from nbdesk.ui.library_view import LibraryView
-from nbdesk.ui.message_bar import MessageBar
-from nbdesk.ui.queue_view import QueueView
-from nbdesk.ui.thumbnails import ThumbnailCache
-from nbdesk.ui.viewer import ImageViewer
+if TYPE_CHECKING:  # imported where each step of the window is built (see MainWindow):
+    # the frame is painted before the Qt types the panels use are made (and their enums)
+    from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+    from PySide6.QtWidgets import QLabel, QSplitter, QStackedWidget, QSystemTrayIcon
+
+    from nbdesk.core.jobs import Job
+    from nbdesk.core.library import FirstPage
+    from nbdesk.core.runtime import Runtime
+    from nbdesk.ui.composer import Composer
+    from nbdesk.ui.controller import Controller
+    from nbdesk.ui.library_view import LibraryView
+    from nbdesk.ui.message_bar import MessageBar
+    from nbdesk.ui.queue_view import QueueView
+    from nbdesk.ui.thumbnails import ThumbnailCache
+    from nbdesk.ui.viewer import ImageViewer
 
 GRID_ICON = 160  # px (device independent) of a library thumbnail
+MENUS = (("file", "&File"), ("edit", "&Edit"), ("queue", "&Queue"), ("help", "&Help"))
 
 WELCOME = """
 <h2>Welcome to nbdesk</h2>
@@ -47,41 +47,92 @@ APIFree API key. It is stored in your system keychain, never in a file.</p>
 
 
 class MainWindow(QMainWindow):
+    """Built in three steps, so that the app shows its window at once:
+
+    1. ``MainWindow(layout_file=...)``: the frame (title, menu bar, status bar, the saved
+       geometry), from nothing but Qt: the app paints it first.
+    2. ``add_library(...)``: the panels' layout and the library grid, showing a first
+       page read before the engine exists.
+    3. ``attach(controller)``: the composer, queue and viewer, the menus' actions, and
+       the controller behind every panel.
+
+    ``MainWindow(controller)`` does all three at once (tests, tools).
+    """
+
     closed = Signal()
 
-    def __init__(self, controller: Controller) -> None:
+    # built by add_library
+    thumbnails: ThumbnailCache
+    library: LibraryView
+    messages: MessageBar
+    viewer_stack: QStackedWidget
+    left: QSplitter
+    right: QSplitter
+    split: QSplitter
+    # built by attach
+    controller: Controller
+    rt: Runtime
+    composer: Composer
+    queue: QueueView
+    viewer: ImageViewer
+    welcome: QLabel
+    settings_action: QAction
+    undo_action: QAction
+    key_labels: dict[str, QLabel]
+    spend_label: QLabel
+
+    def __init__(self, controller: Controller | None = None, *,
+                 layout_file: Path | None = None) -> None:
         super().__init__()
-        self.controller = controller
-        self.rt = controller.rt
         self.setWindowTitle("nbdesk")
         self.setObjectName("nbdeskMainWindow")
         self.resize(1360, 860)
+        if layout_file is None:
+            if controller is None:
+                raise TypeError("MainWindow needs a controller or a layout file")
+            layout_file = controller.rt.paths.settings_file.parent / "window.ini"
+        self._layout_file = layout_file
         self._settings_dialog: QWidget | None = None
-        self._total_spend = 0.0
         self._spend_running = self._spend_again = False
+        self._tray: QSystemTrayIcon | None = None
+        self._splitters: list[QSplitter] = []
+        self.attached = False
+        #: set once the window was closed (the user may close it while it starts)
+        self.was_closed = False
+        # The menu bar and the status bar exist from the first paint, so nothing moves
+        # when the rest arrives.
+        bar = self.menuBar()
+        self._menus = {key: bar.addMenu(title) for key, title in MENUS}
+        self.statusBar().showMessage("Opening the library…")
+        self._restore_geometry()
+        if controller is not None:
+            self.add_library(controller.rt.paths.thumbnails)
+            self.attach(controller)
+
+    def add_library(self, thumbnail_dir: Path,
+                    preload: Callable[[], FirstPage | None] | None = None) -> None:
+        """Step 2: the layout and the grid. ``preload`` (called once the grid's modules
+        are imported) gives the first page if it was read meanwhile."""
+        from PySide6.QtCore import Qt
+        from PySide6.QtWidgets import QSplitter, QStackedWidget, QVBoxLayout
+
+        from nbdesk.ui.library_view import LibraryView
+        from nbdesk.ui.message_bar import MessageBar
+        from nbdesk.ui.thumbnails import ThumbnailCache
 
         # Thumbnails are decoded at the grid's display size in worker threads, so the
         # GUI thread only wraps them (scaling them here cost most of a scroll's time).
         self.thumbnails = ThumbnailCache(
-            self.rt.paths.thumbnails, size=round(GRID_ICON * self.devicePixelRatioF()))
-        self.composer = Composer(controller)
-        self.queue = QueueView(controller)
-        self.viewer = ImageViewer(controller, self.thumbnails)
-        self.library = LibraryView(controller, self.thumbnails, icon_size=GRID_ICON)
+            thumbnail_dir, size=round(GRID_ICON * self.devicePixelRatioF()))
+        self.library = LibraryView(None, self.thumbnails, icon_size=GRID_ICON,
+                                   preload=None if preload is None else preload())
         self.messages = MessageBar()
-        self.welcome = QLabel(WELCOME)
-        self.welcome.setWordWrap(True)
-        self.welcome.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.welcome.setMargin(32)
-        self.welcome.setObjectName("welcome")
-        self.viewer_stack = QStackedWidget()
-        self.viewer_stack.addWidget(self.welcome)
-        self.viewer_stack.addWidget(self.viewer)
+        self.viewer_stack = QStackedWidget()  # the welcome text and the viewer: attach
 
         self.left = QSplitter(Qt.Orientation.Vertical)
         self.left.setObjectName("leftSplit")
-        self.left.addWidget(self.composer)
-        self.left.addWidget(self.queue)
+        self.left.addWidget(QWidget())  # the composer's place (attach)
+        self.left.addWidget(QWidget())  # the queue's
         self.left.setStretchFactor(0, 3)
         self.left.setStretchFactor(1, 2)
         self.right = QSplitter(Qt.Orientation.Vertical)
@@ -99,12 +150,41 @@ class MainWindow(QMainWindow):
         self.split.setSizes([520, 840])
         self.left.setSizes([430, 400])
         self.right.setSizes([500, 340])
+        self._splitters = [self.split, self.left, self.right]
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 6, 6, 0)
         layout.addWidget(self.messages)
         layout.addWidget(self.split, 1)
         self.setCentralWidget(central)
+        self._restore_splitters()  # near the saved sizes: exact once the panels are in
+
+    def attach(self, controller: Controller) -> None:
+        """Step 3: the other panels, the menus' actions, the status bar's labels; from
+        now on every panel works through ``controller``."""
+        from PySide6.QtCore import Qt
+        from PySide6.QtWidgets import QLabel
+
+        from nbdesk.ui.composer import Composer
+        from nbdesk.ui.queue_view import QueueView
+        from nbdesk.ui.viewer import ImageViewer
+
+        self.controller = controller
+        self.rt = controller.rt
+        self.composer = Composer(controller)
+        self.queue = QueueView(controller)
+        self.viewer = ImageViewer(controller, self.thumbnails)
+        self.welcome = QLabel(WELCOME)
+        self.welcome.setWordWrap(True)
+        self.welcome.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.welcome.setMargin(32)
+        self.welcome.setObjectName("welcome")
+        self.viewer_stack.addWidget(self.welcome)
+        self.viewer_stack.addWidget(self.viewer)
+        for index, panel in enumerate((self.composer, self.queue)):
+            placeholder = self.left.replaceWidget(index, panel)
+            if placeholder is not None:
+                placeholder.deleteLater()
 
         self._build_menus()
         self._build_status_bar()
@@ -118,16 +198,24 @@ class MainWindow(QMainWindow):
         self.library.itemActivated.connect(self.open_item)
         self.queue.jobActivated.connect(self._open_job)
         self.viewer.currentChanged.connect(lambda _id: self.viewer_stack.setCurrentIndex(1))
+        self.library.attach(controller)
 
         self._let_combos_shrink()
-        self._restore_layout()
+        # Restored into placeholders, the splitters' sizes came out scaled by their
+        # stretch factors; the panels' minimum sizes are known now.
+        self._restore_splitters()
+        self.statusBar().clearMessage()
         self.queue.reload()
+        self.attached = True
         # The spend sum and the key check (keyring's backend discovery: tens of ms of
         # Python on another thread, contending for the GIL) wait until the library's
         # first screen is drawn, or a second at most.
         self._keys_checked = False
-        self.library.firstScreenReady.connect(self._first_key_check)
-        QTimer.singleShot(1000, self._first_key_check)
+        if self.library.first_screen_shown:
+            QTimer.singleShot(0, self._first_key_check)
+        else:
+            self.library.firstScreenReady.connect(self._first_key_check)
+            QTimer.singleShot(1000, self._first_key_check)
 
     def _first_key_check(self) -> None:
         if not self._keys_checked:
@@ -138,29 +226,32 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ building
 
     def _build_menus(self) -> None:
-        bar = self.menuBar()
-        file_menu = bar.addMenu("&File")
+        from PySide6.QtGui import QKeySequence
+
+        file_menu = self._menus["file"]
         self.settings_action = self._add(file_menu, "&Settings…", self.open_settings,
                                          QKeySequence("Ctrl+,"))
         file_menu.addSeparator()
         self._add(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
-        edit = bar.addMenu("&Edit")
+        edit = self._menus["edit"]
         self.undo_action = self._add(edit, "&Undo delete", self.controller.undo_trash,
                                      QKeySequence.StandardKey.Undo)
         edit.addSeparator()
         self._add(edit, "Focus &prompt", self.composer.focus_prompt, QKeySequence("Ctrl+L"))
         self._add(edit, "&Search library", self._focus_search, QKeySequence.StandardKey.Find)
-        queue = bar.addMenu("&Queue")
+        queue = self._menus["queue"]
         queue.addAction(self.queue.pause_action)
         queue.addAction(self.queue.cancel_all_action)
         queue.addSeparator()
         queue.addAction(self.queue.retry_action)
         queue.addAction(self.queue.cancel_action)
-        help_menu = bar.addMenu("&Help")
+        help_menu = self._menus["help"]
         self._add(help_menu, "&About nbdesk", self._about)
 
     def _add(self, menu: object, text: str, slot: object,
              shortcut: QKeySequence | QKeySequence.StandardKey | None = None) -> QAction:
+        from PySide6.QtGui import QAction
+
         action = QAction(text, self)
         if shortcut is not None:
             action.setShortcut(shortcut)
@@ -171,8 +262,12 @@ class MainWindow(QMainWindow):
         return action
 
     def _build_status_bar(self) -> None:
+        from PySide6.QtWidgets import QLabel
+
+        from nbdesk.api.capabilities import PROVIDERS
+
         status = self.statusBar()
-        self.key_labels: dict[str, QLabel] = {}
+        self.key_labels = {}
         for pid, caps in PROVIDERS.items():
             label = QLabel(f"{caps.label}: …")
             label.setToolTip(f"Where the {caps.label} API key comes from")
@@ -183,6 +278,9 @@ class MainWindow(QMainWindow):
         status.addPermanentWidget(self.spend_label)
 
     def _make_tray(self) -> QSystemTrayIcon | None:
+        from PySide6.QtGui import QIcon
+        from PySide6.QtWidgets import QSystemTrayIcon
+
         if not QSystemTrayIcon.isSystemTrayAvailable():
             return None
         tray = QSystemTrayIcon(self.windowIcon() or QIcon(), self)
@@ -193,6 +291,8 @@ class MainWindow(QMainWindow):
     def _let_combos_shrink(self) -> None:
         """Combo boxes size to a few characters, not their longest entry, so the window
         fits small screens; the popup still shows the entries in full."""
+        from PySide6.QtWidgets import QComboBox
+
         for combo in self.findChildren(QComboBox):
             combo.setSizeAdjustPolicy(
                 QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -222,6 +322,10 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(text, 8000)
 
     def _on_job_finished(self, job: Job) -> None:
+        from PySide6.QtWidgets import QSystemTrayIcon
+
+        from nbdesk.core.jobs import JobState
+
         if job.state is JobState.FAILED:
             self.controller.message.emit("error", f"Job failed: {job.error}")
         else:
@@ -233,15 +337,21 @@ class MainWindow(QMainWindow):
                                    5000)
 
     def refresh_keys(self) -> None:
+        from nbdesk.api.capabilities import PROVIDERS
+
         async def run() -> None:
             for pid, caps in PROVIDERS.items():
                 label = self.key_labels[pid]
                 try:
                     found = await self.rt.secrets.alookup(pid)
                 except Exception as exc:  # keychain missing / timed out: say so
+                    if not isValid(label):  # the window was closed meanwhile
+                        return
                     label.setText(f"{caps.label}: keychain unavailable")
                     label.setToolTip(str(exc))
                     continue
+                if not isValid(label):
+                    return
                 if found.source == "env":
                     label.setText(f"{caps.label}: key from {caps.env_key}")
                 elif found.source == "keychain":
@@ -263,6 +373,8 @@ class MainWindow(QMainWindow):
                 while True:
                     self._spend_again = False
                     total = await self.controller.total_cost()
+                    if not isValid(self.spend_label):  # the window was closed meanwhile
+                        return
                     self.spend_label.setText(f"Spent: ${total:.2f}")
                     if not self._spend_again:
                         return
@@ -299,17 +411,19 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ layout
 
     def _qsettings(self) -> QSettings:
-        path = self.rt.paths.settings_file.parent / "window.ini"
-        return QSettings(str(path), QSettings.Format.IniFormat)
+        return QSettings(str(self._layout_file), QSettings.Format.IniFormat)
 
-    def _restore_layout(self) -> None:
+    def _restore_geometry(self) -> None:
         s = self._qsettings()
         for key, restore in (("geometry", self.restoreGeometry),
                              ("state", self.restoreState)):
             value = s.value(key)
             if isinstance(value, QByteArray):
                 restore(value)
-        for splitter in (self.split, self.left, self.right):
+
+    def _restore_splitters(self) -> None:
+        s = self._qsettings()
+        for splitter in self._splitters:
             value = s.value(f"splitters/{splitter.objectName()}")
             if isinstance(value, QByteArray):
                 splitter.restoreState(value)
@@ -318,7 +432,7 @@ class MainWindow(QMainWindow):
         s = self._qsettings()
         s.setValue("geometry", self.saveGeometry())
         s.setValue("state", self.saveState())
-        for splitter in (self.split, self.left, self.right):
+        for splitter in self._splitters:
             s.setValue(f"splitters/{splitter.objectName()}", splitter.saveState())
         s.setValue("saved_at", time.time())
         s.sync()
@@ -327,6 +441,7 @@ class MainWindow(QMainWindow):
         self.save_layout()
         if self._tray is not None:
             self._tray.hide()
+        self.was_closed = True
         self.closed.emit()
         super().closeEvent(event)
 

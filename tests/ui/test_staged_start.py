@@ -1,0 +1,133 @@
+"""The window as the app starts it, in steps: its frame, then the library grid showing a
+first page read before any controller exists, then the other panels and the controller.
+What a person does in between (a search typed, a key pressed on the grid) is not lost
+and breaks nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtWidgets import QApplication, QSplitter
+from pytestqt.qtbot import QtBot
+
+from nbdesk.ui.composer import Composer
+from nbdesk.ui.main_window import MainWindow
+from nbdesk.ui.queue_view import QueueView
+from tests.ui.conftest import UiEnv
+from tests.ui.test_library_view import add_item, bulk_items
+
+
+def frame(qtbot: QtBot, env: UiEnv) -> MainWindow:
+    window = MainWindow(layout_file=env.rt.paths.settings_file.parent / "window.ini")
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    return window
+
+
+def test_first_page_is_every_id_newest_first_and_the_first_items(ui_env: UiEnv) -> None:
+    lib = ui_env.rt.library
+    bulk_items(lib, 300)
+    page = lib.first_page(page_size=120)
+    assert page.ids == lib.item_ids()
+    assert len(page.ids) == 300
+    assert set(page.items) == set(page.ids[:120])
+    assert page.items[page.ids[0]].prompt == "bulk prompt 0"  # the newest
+
+
+def test_the_grid_shows_its_first_page_before_the_controller_arrives(
+    qtbot: QtBot, ui_env: UiEnv
+) -> None:
+    lib = ui_env.rt.library
+    bulk_items(lib, 500)
+    newest = add_item(lib, "a real image on top")
+    window = frame(qtbot, ui_env)
+    assert window.statusBar().currentMessage() == "Opening the library…"
+    assert not window.attached and not hasattr(window, "library")
+
+    window.add_library(ui_env.rt.paths.thumbnails, preload=lambda: lib.first_page())
+    grid = window.library
+    # rows and the first page are there at once, with no query of its own
+    assert grid.model.rowCount() == 501 and grid.model.ids()[0] == newest
+    item = grid.model.item_at(0)
+    assert item is not None and item.prompt == "a real image on top"
+    assert grid.count_label.text() == "501 images"
+    qtbot.waitUntil(lambda: grid.first_screen_shown, timeout=10_000)
+    assert window.thumbnails.peek(newest) is not None
+
+    # meanwhile: a search is typed, and Delete is pressed on a selected image
+    grid.select_ids([newest])
+    grid.delete_action.trigger()  # no controller yet: nothing happens, nothing breaks
+    grid.search.setText("real image")
+    grid.apply_filters()  # (what the debounce timer would do)
+    assert grid.model.rowCount() == 501  # the filter waits for the controller
+
+    window.attach(ui_env.controller)
+    assert window.attached and window.statusBar().currentMessage() == ""
+    assert isinstance(window.left.widget(0), Composer)
+    assert isinstance(window.left.widget(1), QueueView)
+    assert window.viewer_stack.currentWidget() is window.welcome
+    # the search typed before is applied now; the image was not deleted
+    qtbot.waitUntil(lambda: grid.model.ids() == [newest], timeout=10_000)
+    assert lib.item(newest).deleted_at is None
+    # and the grid's actions work from now on
+    grid.select_ids([newest])
+    grid.delete_action.trigger()
+    qtbot.waitUntil(lambda: lib.item(newest).deleted_at is not None, timeout=10_000)
+
+
+def test_a_page_asked_for_before_attach_is_fetched_after(qtbot: QtBot, ui_env: UiEnv) -> None:
+    lib = ui_env.rt.library
+    bulk_items(lib, 400)
+    window = frame(qtbot, ui_env)
+    window.add_library(ui_env.rt.paths.thumbnails, preload=lambda: lib.first_page(50))
+    model = window.library.model
+    assert model.item_at(10) is not None and model.item_at(300) is None
+    model.data(model.index(300, 0))  # a row scrolled into view: its page is wanted
+    assert model.item_at(300) is None  # nothing to fetch it with yet
+    window.attach(ui_env.controller)
+    qtbot.waitUntil(lambda: model.item_at(300) is not None, timeout=10_000)
+
+
+def test_without_a_first_page_the_grid_loads_once_attached(
+    qtbot: QtBot, ui_env: UiEnv
+) -> None:
+    newest = add_item(ui_env.rt.library, "only one")
+    window = frame(qtbot, ui_env)
+    window.add_library(ui_env.rt.paths.thumbnails, preload=lambda: None)  # the read failed
+    assert window.library.model.rowCount() == 0 and not window.library.model.loaded_once
+    window.attach(ui_env.controller)
+    qtbot.waitUntil(lambda: window.library.model.ids() == [newest], timeout=10_000)
+
+
+def test_the_layout_saved_by_one_window_is_the_next_ones(
+    qtbot: QtBot, ui_env: UiEnv, tmp_path: Path
+) -> None:
+    first = MainWindow(ui_env.controller)
+    qtbot.addWidget(first)
+    first.show()
+    qtbot.waitExposed(first)
+    first.split.setSizes([300, 1000])
+    sizes = first.split.sizes()
+    first.close()
+    assert first.was_closed
+
+    window = frame(qtbot, ui_env)
+    window.add_library(ui_env.rt.paths.thumbnails)
+    assert isinstance(window.split, QSplitter)
+    # with placeholders the sizes come out near the saved ones (scaled by the splitter's
+    # stretch factors, as the panels' minimum sizes are not known yet) ...
+    qtbot.waitUntil(lambda: abs(window.split.sizes()[0] - sizes[0]) <= 40, timeout=5000)
+    window.attach(ui_env.controller)
+    # ... and exactly the saved ones once the panels are in
+    qtbot.waitUntil(lambda: window.split.sizes() == sizes, timeout=5000)
+
+
+def test_the_app_style_is_fusion() -> None:
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+    from nbdesk.ui.main_window import apply_app_style
+
+    apply_app_style(app)
+    assert app.style().name().lower() == "fusion"
+
