@@ -52,10 +52,11 @@ class QueueView(QWidget):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(PROMPT, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(PROVIDER, QHeaderView.ResizeMode.Interactive)
-        header.resizeSection(PROVIDER, 160)
+        header.resizeSection(PROVIDER, 128)
         # fixed widths for the columns that change every second: sizing them to their
         # contents re-reads every row on each change
-        for col, width in ((STATE, 120), (ELAPSED, 80), (PROGRESS, 64), (COST, 64)):
+        # (narrow enough that the prompt keeps ~100 px in the panel's default 520 px)
+        for col, width in ((STATE, 96), (ELAPSED, 64), (PROGRESS, 60), (COST, 52)):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
             header.resizeSection(col, width)
         self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
