@@ -71,9 +71,9 @@ def _pump(timeout: float, *, painted: QWidget | None = None,
 
 
 class _Opener:
-    """Opens the runtime (settings, the library's database) and reads the library grid's
-    first page on its own thread, while the GUI thread imports and builds the grid:
-    SQLite releases the GIL while it works."""
+    """Imports the core, opens the runtime (settings, the library's database) and reads
+    the library grid's first page on its own thread, while the GUI thread paints the
+    frame (mostly in Qt's C++ code) and imports and builds the grid."""
 
     def __init__(self) -> None:
         import threading
@@ -85,9 +85,8 @@ class _Opener:
         threading.Thread(target=self._run, name="nbdesk-open", daemon=True).start()
 
     def _run(self) -> None:
-        # Nothing is imported here (the caller imported nbdesk.core.runtime): the GUI
-        # thread is importing the grid's modules meanwhile, and PySide's lazily made
-        # types must not be imported from two threads at once.
+        # Only modules without Qt are imported here: the GUI thread imports the grid's
+        # meanwhile, and PySide's lazily made types must not be made from two threads.
         from nbdesk.core.library import LibraryError
         from nbdesk.core.runtime import Runtime
 
@@ -151,13 +150,12 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     # 1. the frame
     window = MainWindow(layout_file=Paths.resolve().settings_file.parent / "window.ini")
     window.show()
+    opener = _Opener()
     _pump(0.5, painted=window, signals=[window.closed])
 
     # 2. the library grid
     from nbdesk.core.library import LibraryError
     from nbdesk.core.runtime import setup_logging
-
-    opener = _Opener()
     from nbdesk.ui.library_view import LibraryView  # noqa: F401  (imported while it opens)
 
     try:
