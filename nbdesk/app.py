@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # imported as each step of the start needs them (see main)
     from PySide6.QtCore import SignalInstance
     from PySide6.QtWidgets import QApplication, QWidget
 
-    from nbdesk.core.library import FirstPage, LibraryError
+    from nbdesk.core.library import FirstPage
     from nbdesk.core.runtime import Runtime
     from nbdesk.ui.main_window import MainWindow
 
@@ -80,19 +80,18 @@ class _Opener:
 
         self._done = threading.Event()
         self.rt: Runtime | None = None
-        self.error: LibraryError | None = None
+        self.error: BaseException | None = None
         self._page: FirstPage | None = None
         threading.Thread(target=self._run, name="nbdesk-open", daemon=True).start()
 
     def _run(self) -> None:
         # Only modules without Qt are imported here: the GUI thread imports the grid's
         # meanwhile, and PySide's lazily made types must not be made from two threads.
-        from nbdesk.core.library import LibraryError
-        from nbdesk.core.runtime import Runtime
-
         try:
+            from nbdesk.core.runtime import Runtime
+
             self.rt = Runtime.open()
-        except LibraryError as exc:
+        except BaseException as exc:  # raised on the GUI thread by runtime()
             self.error = exc
             self._done.set()
             return
@@ -106,7 +105,8 @@ class _Opener:
             self._done.set()
 
     def runtime(self) -> Runtime:
-        """The runtime; raises LibraryError (user-facing) if the library cannot be opened."""
+        """The runtime; raises what opening it raised (LibraryError: the library cannot
+        be opened, a message for the user)."""
         self._done.wait()
         if self.error is not None:
             raise self.error

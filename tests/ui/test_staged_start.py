@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtWidgets import QApplication, QSplitter
+import pytest
+from PySide6.QtWidgets import QApplication, QMessageBox, QSplitter
 from pytestqt.qtbot import QtBot
 
+from nbdesk.core.paths import Paths
 from nbdesk.ui.composer import Composer
 from nbdesk.ui.main_window import MainWindow
 from nbdesk.ui.queue_view import QueueView
@@ -131,3 +133,45 @@ def test_the_app_style_is_fusion() -> None:
     apply_app_style(app)
     assert app.style().name().lower() == "fusion"
 
+
+
+def test_the_opener_thread_gives_the_runtime_and_the_first_page(
+    ui_env: UiEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbdesk.app import _Opener
+
+    newest = add_item(ui_env.rt.library, "opened on a thread")
+    monkeypatch.setenv("NBDESK_HOME", str(ui_env.home))
+    opener = _Opener()
+    rt = opener.runtime()
+    try:
+        page = opener.first_page()
+        assert page is not None and page.ids == [newest]
+        assert page.items[newest].prompt == "opened on a thread"
+    finally:
+        rt.close()
+
+
+def test_a_library_that_cannot_be_read_is_reported_and_nothing_starts(
+    qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbdesk.app as app_module
+    from nbdesk.core.library import LibraryError
+
+    home = tmp_path / "home"
+    db = Paths.resolve({"NBDESK_HOME": str(home)}).db
+    db.parent.mkdir(parents=True, exist_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("NBDESK_HOME", str(home))
+    before = db.read_bytes()
+
+    opener = app_module._Opener()
+    with pytest.raises(LibraryError, match="cannot be read"):
+        opener.runtime()
+
+    shown: list[str] = []  # (the real dialog is modal: it would wait for a click)
+    monkeypatch.setattr(QMessageBox, "critical",
+                        staticmethod(lambda _parent, _title, text: shown.append(text)))
+    assert app_module.main() == 3
+    assert len(shown) == 1 and "cannot be read" in shown[0]
+    assert db.read_bytes() == before  # left untouched
