@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -196,11 +195,15 @@ class FirstPage:
 
 def make_owner() -> str:
     """A lease owner id for this process: host, pid and a random suffix."""
+    import socket  # (here: the window opens its library before it needs a lease)
+
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def owner_alive(owner: str) -> bool:
     """False only when the owner is provably dead (same host, no such process)."""
+    import socket
+
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
