@@ -150,6 +150,11 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     # 1. the frame
     window = MainWindow(layout_file=Paths.resolve().settings_file.parent / "window.ini")
     window.show()
+    # The opener thread holds the GIL most of the time now; each of the GUI thread's
+    # Python callbacks (an event filter, a paint) would wait up to the switch interval
+    # (5 ms) for it: shorter while the window starts.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     opener = _Opener()
     _pump(0.5, painted=window, signals=[window.closed])
 
@@ -175,6 +180,7 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
               until=lambda: library.first_screen_shown)
         # (never painted, e.g. minimized: the timeouts let the start go on)
         _pump(0.2, painted=library.list.viewport(), signals=[window.closed])
+        sys.setswitchinterval(switch_interval)
         setup_logging(rt.paths)
         if window.was_closed:
             return 0
