@@ -166,6 +166,7 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     try:
         rt = opener.runtime()
     except LibraryError as exc:
+        sys.setswitchinterval(switch_interval)
         QMessageBox.critical(window, "nbdesk", str(exc))
         window.close()
         return 3
@@ -174,18 +175,20 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
 
         crash = CrashHandler(rt.paths.log_dir)
         crash.install()
-        window.add_library(rt.paths.thumbnails, preload=opener.first_page)
-        library = window.library
-        _pump(1.0, signals=[library.firstScreenReady, window.closed],
-              until=lambda: library.first_screen_shown)
-        # (never painted, e.g. minimized: the timeouts let the start go on)
-        _pump(0.2, painted=library.list.viewport(), signals=[window.closed])
+        if not window.was_closed:  # (closed while it started: nothing more to show)
+            window.add_library(rt.paths.thumbnails, preload=opener.first_page)
+            library = window.library
+            _pump(1.0, signals=[library.firstScreenReady, window.closed],
+                  until=lambda: library.first_screen_shown)
+            # (never painted, e.g. minimized: the timeouts let the start go on)
+            _pump(0.2, painted=library.list.viewport(), signals=[window.closed])
         sys.setswitchinterval(switch_interval)
         setup_logging(rt.paths)
         if window.was_closed:
             return 0
         return _run(app, rt, window, files)
     finally:
+        sys.setswitchinterval(switch_interval)
         rt.close()
 
 

@@ -175,3 +175,30 @@ def test_a_library_that_cannot_be_read_is_reported_and_nothing_starts(
     assert app_module.main() == 3
     assert len(shown) == 1 and "cannot be read" in shown[0]
     assert db.read_bytes() == before  # left untouched
+
+
+def test_a_window_closed_while_it_starts_ends_the_app_in_order(
+    qtbot: QtBot, ui_env: UiEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import nbdesk.app as app_module
+    import nbdesk.ui.main_window as mw
+
+    built: list[mw.MainWindow] = []
+
+    class ClosedAtOnce(mw.MainWindow):
+        def show(self) -> None:
+            super().show()
+            built.append(self)
+            self.close()  # before its library is even opened
+
+    monkeypatch.setenv("NBDESK_HOME", str(ui_env.home))
+    monkeypatch.setattr(mw, "MainWindow", ClosedAtOnce)
+    interval = sys.getswitchinterval()
+    assert app_module.main() == 0
+    (window,) = built
+    assert window.was_closed and not hasattr(window, "library") and not window.attached
+    assert sys.getswitchinterval() == interval
+    # the layout it saved is readable by the next start
+    assert (ui_env.rt.paths.settings_file.parent / "window.ini").is_file()
