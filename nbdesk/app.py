@@ -178,7 +178,10 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
         if not window.was_closed:  # (closed while it started: nothing more to show)
             window.add_library(rt.paths.thumbnails, preload=opener.first_page)
             library = window.library
-            _pump(1.0, signals=[library.firstScreenReady, window.closed],
+            # The other panels wait for the grid's first screen (its thumbnails are
+            # decoded on worker threads, which the next imports would slow), but not
+            # long: thumbnails not in the cache yet take a while to make.
+            _pump(0.3, signals=[library.firstScreenReady, window.closed],
                   until=lambda: library.first_screen_shown)
             # (never painted, e.g. minimized: the timeouts let the start go on)
             _pump(0.2, painted=library.list.viewport(), signals=[window.closed])
