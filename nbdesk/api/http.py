@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from nbdesk.api.base import (
@@ -353,6 +353,14 @@ def check_download_url(url: str) -> None:
         raise ProtocolError(f"the provider returned a result URL that is not http(s): {url[:80]!r}")
 
 
+class StreamCheck(Protocol):
+    """Looks at a download's bytes as they are written (on the writer thread, in order,
+    once each). It must not raise: it records what it found for its owner to read once
+    ``download_to`` has returned."""
+
+    def feed(self, block: bytes) -> None: ...
+
+
 #: The writer flushes a download to disk every so many bytes while it still streams.
 _SYNC_EVERY = 16 << 20
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # not on macOS/Windows
@@ -369,8 +377,10 @@ class _BlockWriter:
     past that ``put`` waits for the writer (back-pressure on the socket).
     """
 
-    def __init__(self, dest: Path, loop: asyncio.AbstractEventLoop, max_queued: int) -> None:
+    def __init__(self, dest: Path, loop: asyncio.AbstractEventLoop, max_queued: int,
+                 check: StreamCheck | None = None) -> None:
         self._dest = dest
+        self._check = check
         self._loop = loop
         self._max_queued = max_queued
         self._cond = threading.Condition()
@@ -446,6 +456,8 @@ class _BlockWriter:
                     self._kept = True
                     break
                 self._digest.update(block)  # releases the GIL for large blocks
+                if self._check is not None:
+                    self._check.feed(block)
                 fh.write(block)
                 unsynced += len(block)
                 if unsynced >= _SYNC_EVERY:  # so that the final fsync has little left to do
@@ -533,6 +545,7 @@ async def download_to(
     max_bytes: int,
     chunk: int = 1 << 20,
     max_queued: int = 8 << 20,
+    check: StreamCheck | None = None,
 ) -> Download:
     """Stream ``url`` into ``dest`` (a temp path): hashed, size-capped, fsynced.
 
@@ -541,7 +554,9 @@ async def download_to(
     trouble and short bodies, ProtocolError for an oversize or unusable answer);
     ``OSError`` when the file cannot be written. Hashing and file work run on a writer
     thread (the loop may be the GUI's); cancelled at any point, the download leaves no
-    open handle and no file behind once it has unwound.
+    open handle and no file behind once it has unwound. ``check`` sees every block
+    written, on that thread (``images.PngStreamCheck``: the content check without a
+    second pass over the file).
     """
     check_download_url(url)
     _without_httpx_cli()
@@ -571,7 +586,7 @@ async def download_to(
                     f"over the {_mib(max_bytes)} limit"
                 )
             ctype = response.headers.get("content-type", "")
-            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued)
+            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued, check)
             async for block in response.aiter_raw(chunk):
                 size += len(block)
                 if size > max_bytes:

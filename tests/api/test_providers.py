@@ -26,7 +26,7 @@ from nbdesk.api.base import (
     UnansweredSubmitError,
 )
 from nbdesk.api.http import RetryPolicy, download_to
-from nbdesk.api.images import ImageCheckError, probe_file
+from nbdesk.api.images import ImageCheckError, PngStreamCheck, probe_file
 from nbdesk.sim import Simulator
 from tests.helpers import FakeSleep, SimClock
 
@@ -331,6 +331,42 @@ async def test_truncated_download_is_transient_and_leaves_no_file(
     assert not dest.exists()
     got = await download_to(http, url, dest, max_bytes=50_000_000)
     assert probe_file(got.path).width > 0
+
+
+async def test_download_shows_every_byte_to_its_check_and_proves_a_png(
+    sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
+    sim_clock: SimClock,
+) -> None:
+    client = frame(sim, http, policy)
+    job = await client.submit(GenerationRequest(
+        model="nano-banana", prompt="x", output_format="png"), "t")
+    sim_clock.advance(5)
+    url = (await client.poll(job.remote_id)).urls[0]
+
+    class Recorder(PngStreamCheck):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = bytearray()
+
+        def feed(self, block: bytes) -> None:
+            self.seen += block
+            super().feed(block)
+
+    check = Recorder()
+    got = await download_to(http, url, tmp_path / "p.part", max_bytes=50_000_000,
+                            chunk=16_384, check=check)
+    assert bytes(check.seen) == got.path.read_bytes()
+    proof = check.result()
+    assert proof.size == got.size
+    assert probe_file(got.path, png=proof) == probe_file(got.path)
+
+    sim.script("download", ["cut"])
+    check = PngStreamCheck()
+    got = await download_to(http, url, tmp_path / "c.part", max_bytes=50_000_000, check=check)
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        check.result()
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_file(got.path)
 
 
 async def test_download_that_is_not_an_image_is_detected(
