@@ -457,6 +457,40 @@ async def test_a_cancelled_download_leaves_no_handle_and_no_file(
     assert cancelled > 10
 
 
+async def test_a_failing_content_check_fails_the_download_and_leaves_nothing(
+    sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
+    sim_clock: SimClock,
+) -> None:
+    """The hashing thread (which feeds the check) failing is the download failing: its
+    error reaches the caller, the writing thread stops and removes the file."""
+    client = frame(sim, http, policy)
+    job = await client.submit(GenerationRequest(model="nano-banana", prompt="x",
+                                                output_format="png"), "f")
+    sim_clock.advance(5)
+    url = (await client.poll(job.remote_id)).urls[0]
+
+    class Broken:
+        """Raises once it has been shown more than ``after`` bytes."""
+
+        def __init__(self, after: int) -> None:
+            self.after = after
+
+        def feed(self, block: bytes) -> None:
+            self.after -= len(block)
+            if self.after < 0:
+                raise RuntimeError("the check broke")
+
+    dest = tmp_path / "f.part"
+    size = (await download_to(http, url, dest, max_bytes=50_000_000,
+                              check=Broken(10**9))).size
+    assert size == dest.stat().st_size
+    for after in (0, size // 3, size - 1):  # the first block, one in the middle, the last
+        with pytest.raises(RuntimeError, match="the check broke"):
+            await download_to(http, url, dest, max_bytes=50_000_000, chunk=16_384,
+                              max_queued=32_768, check=Broken(after))
+        assert not dest.exists() and _open_handles(dest) == []
+
+
 async def test_a_download_that_cannot_be_written_raises_oserror(
     sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
     sim_clock: SimClock,
