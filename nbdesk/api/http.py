@@ -364,6 +364,10 @@ class StreamCheck(Protocol):
 #: The writer flushes a download to disk every so many bytes while it still streams.
 _SYNC_EVERY = 16 << 20
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # not on macOS/Windows
+#: Downloads larger than this (or of unknown length) are hashed and checked on a thread
+#: of their own, beside the one that writes; smaller ones need not take a second thread
+#: from the pool (with hundreds of jobs, starting one stalls the loop that asks for it).
+_HASH_APART_OVER = 8 << 20
 
 
 class _BlockWriter:
@@ -372,7 +376,8 @@ class _BlockWriter:
     The event loop only queues blocks (``put``), so hashing, checking and disk writes
     overlap the transfer and cost the loop no thread round trip per block. One thread
     writes (and waits on the disk's syncs); the other hashes the same blocks and feeds
-    the content check, so neither waits for the other's work. The writing thread owns
+    the content check, so neither waits for the other's work (``apart``; a small file
+    is hashed by the writing thread). The writing thread owns
     the file from ``open`` to ``close``/``unlink``: however the download ends (success,
     error, cancellation at any await point) the handle is closed and a discarded temp
     file removed by the one thread that holds it, and only after the hashing thread has
@@ -381,9 +386,10 @@ class _BlockWriter:
     """
 
     def __init__(self, dest: Path, loop: asyncio.AbstractEventLoop, max_queued: int,
-                 check: StreamCheck | None = None) -> None:
+                 check: StreamCheck | None = None, *, apart: bool = True) -> None:
         self._dest = dest
         self._check = check
+        self._apart = apart  # False: the writing thread hashes too (small files)
         self._loop = loop
         self._max_queued = max_queued
         self._cond = threading.Condition()
@@ -392,6 +398,7 @@ class _BlockWriter:
         self._unhashed: deque[bytes | None] = deque()
         self._queued = 0  # bytes not yet written
         self._hash_queued = 0  # bytes not yet hashed
+        self._idle = 0  # threads waiting for a block
         self._abort = False
         self._error: BaseException | None = None
         self._kept = False  # the thread closed a complete file and left it in place
@@ -399,7 +406,10 @@ class _BlockWriter:
         self._digest = hashlib.sha256()
         self._hashed = threading.Event()  # the hashing thread has stopped
         self._done: asyncio.Future[None] = loop.create_future()
-        _WRITERS.submit(self._hash)
+        if apart:
+            _WRITERS.submit(self._hash)
+        else:
+            self._hashed.set()
         _WRITERS.submit(self._run)
 
     # -- the event loop's side
@@ -409,13 +419,15 @@ class _BlockWriter:
             if self._error is not None:
                 raise self._error
             self._blocks.append(block)
-            self._unhashed.append(block)
             self._queued += len(block)
-            self._hash_queued += len(block)
+            if self._apart:
+                self._unhashed.append(block)
+                self._hash_queued += len(block)
             room = None
             if max(self._queued, self._hash_queued) > self._max_queued:
                 room = self._room = self._loop.create_future()
-            self._cond.notify_all()
+            if self._idle:  # waking a thread costs the loop; a busy one needs no call
+                self._cond.notify_all()
         if room is not None:
             await room
 
@@ -447,11 +459,21 @@ class _BlockWriter:
         """Under the lock: wait for the next block of ``blocks``; (False, None) once the
         download is abandoned (aborted, failed, or its loop is gone)."""
         while not blocks and not self._abort and self._error is None:
-            if not self._cond.wait(timeout=1.0) and self._orphaned():
+            self._idle += 1
+            try:
+                woken = self._cond.wait(timeout=1.0)
+            finally:
+                self._idle -= 1
+            if not woken and self._orphaned():
                 self._abort = True
         if self._abort or self._error is not None:
             return False, None
         return True, blocks.popleft()
+
+    def _feed(self, block: bytes) -> None:
+        self._digest.update(block)  # releases the GIL for large blocks
+        if self._check is not None:
+            self._check.feed(block)
 
     def _hash(self) -> None:
         try:
@@ -463,9 +485,7 @@ class _BlockWriter:
                         self._wake_putter()
                 if block is None:
                     break
-                self._digest.update(block)  # releases the GIL for large blocks
-                if self._check is not None:
-                    self._check.feed(block)
+                self._feed(block)
         except BaseException as exc:
             with self._cond:
                 self._error = self._error or exc
@@ -494,6 +514,8 @@ class _BlockWriter:
                     fh = None
                     self._kept = True
                     break
+                if not self._apart:
+                    self._feed(block)
                 fh.write(block)
                 unsynced += len(block)
                 if unsynced >= _SYNC_EVERY:  # so that the final fsync has little left to do
@@ -629,7 +651,9 @@ async def download_to(
                     f"over the {_mib(max_bytes)} limit"
                 )
             ctype = response.headers.get("content-type", "")
-            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued, check)
+            apart = declared is None or not declared.isdigit() or int(declared) > _HASH_APART_OVER
+            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued, check,
+                                  apart=apart)
             # The pieces as read (httpx's own chunking, aiter_raw(n), copies every byte
             # three times on the loop's thread), handed on ~``chunk`` bytes at a time.
             pending: list[bytes] = []

@@ -333,6 +333,7 @@ async def test_truncated_download_is_transient_and_leaves_no_file(
     assert probe_file(got.path).width > 0
 
 
+@pytest.mark.usefixtures("hashing")
 async def test_download_shows_every_byte_to_its_check_and_proves_a_png(
     sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
     sim_clock: SimClock,
@@ -416,7 +417,19 @@ def _open_handles(path: Path) -> list[str]:
     return found
 
 
+@pytest.fixture(params=["hashed apart", "hashed by the writer"])
+def hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a download is hashed: on a thread beside the writing one (large files),
+    or on the writing thread itself (small ones)."""
+    import nbdesk.api.http
+
+    apart = request.param == "hashed apart"
+    monkeypatch.setattr(nbdesk.api.http, "_HASH_APART_OVER", -1 if apart else 1 << 40)
+    return str(request.param)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.usefixtures("hashing")
 async def test_a_cancelled_download_leaves_no_handle_and_no_file(
     sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
     sim_clock: SimClock,
@@ -457,6 +470,7 @@ async def test_a_cancelled_download_leaves_no_handle_and_no_file(
     assert cancelled > 10
 
 
+@pytest.mark.usefixtures("hashing")
 async def test_a_failing_content_check_fails_the_download_and_leaves_nothing(
     sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
     sim_clock: SimClock,
@@ -491,6 +505,7 @@ async def test_a_failing_content_check_fails_the_download_and_leaves_nothing(
         assert not dest.exists() and _open_handles(dest) == []
 
 
+@pytest.mark.usefixtures("hashing")
 async def test_a_download_that_cannot_be_written_raises_oserror(
     sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
     sim_clock: SimClock,
