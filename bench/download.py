@@ -1,12 +1,14 @@
 """Scenario child: store a 4K PNG (~50 MB of noise) via the engine's download path, vs
 streaming the same URL to /dev/null with httpx.
 
-The engine's path, call for call as ``Engine._download`` makes it: ``download_to`` (stream
-to a temp file, hashed, fsynced), ``probe_file`` in a thread (identify + verify + full
-decode), ``Library.place_image`` on a one-thread "database" executor (rename into place,
-fsync the folder). Both sides use the app's HTTP client (``make_client``) on the same
-event loop: qasync over a QApplication as in the window (``qasync``), or plain asyncio as
-in the CLI (``asyncio``). The file comes from ``bench.fileserver`` in another process.
+The engine's path, call for call as ``Engine._download`` makes it (``engine.fetch_image``):
+``download_to`` (stream to a temp file, hashed, fsynced; a PNG's chunks and CRCs checked
+by ``PngStreamCheck`` on the writer thread), ``probe_file`` in a thread (identify; the
+full check unless the stream check proved the PNG), ``Library.place_image`` on a one-thread
+"database" executor (rename into place, fsync the folder). Both sides use the app's HTTP
+client (``make_client``) on the same event loop: qasync over a QApplication as in the
+window (``qasync``), or plain asyncio as in the CLI (``asyncio``). The file comes from
+``bench.fileserver`` in another process.
 
 ``python -m bench.download LOOP REPS``
 """
@@ -30,7 +32,7 @@ from bench.common import OUT, emit
 async def scenario(url: str, reps: int) -> dict[str, Any]:
     from nbdesk.api.capabilities import PROVIDERS
     from nbdesk.api.http import download_to, make_client
-    from nbdesk.api.images import probe_file
+    from nbdesk.api.images import PngStreamCheck, probe_file
     from nbdesk.core.jobs import JobParams, JobSpec
     from nbdesk.core.library import Library
     from nbdesk.core.paths import Paths
@@ -66,9 +68,10 @@ async def scenario(url: str, reps: int) -> dict[str, Any]:
             job = (await loop.run_in_executor(db_pool, lib.add_jobs, spec, [], 1))[0]
             tmp = lib.tmp_path(job.id, 0)
             t0 = time.perf_counter()
-            got = await download_to(client, url, tmp, max_bytes=max_bytes)
+            check = PngStreamCheck()
+            got = await download_to(client, url, tmp, max_bytes=max_bytes, check=check)
             t1 = time.perf_counter()
-            info = await asyncio.to_thread(probe_file, tmp)
+            info = await asyncio.to_thread(partial(probe_file, tmp, png=check.proof()))
             t2 = time.perf_counter()
             stored = await loop.run_in_executor(db_pool, partial(
                 lib.place_image, job, 0, tmp, sha256=got.sha256, size=got.size,

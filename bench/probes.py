@@ -128,6 +128,7 @@ def _verify_only(path: Path) -> tuple[str | None, tuple[int, int]]:
 async def _download_variants(url: str, reps: int) -> None:
     from nbdesk.api.http import download_to, make_client
     from nbdesk.api.images import probe_file
+    from nbdesk.core.engine import fetch_image
 
     client = make_client()
     dest = OUT / "tmp" / "probe-download.part"
@@ -139,6 +140,9 @@ async def _download_variants(url: str, reps: int) -> None:
                 pass
 
     async def engine() -> None:
+        await fetch_image(client, url, dest, 100 << 20)
+
+    async def full_probe() -> None:
         await download_to(client, url, dest, max_bytes=100 << 20)
         await asyncio.to_thread(probe_file, dest)
 
@@ -169,7 +173,8 @@ async def _download_variants(url: str, reps: int) -> None:
 
     variants: list[tuple[str, Callable[[], Any]]] = [
         ("httpx to /dev/null (baseline)", base),
-        ("download_to + probe_file (engine now)", engine),
+        ("engine.fetch_image (PNG checked as it streams)", engine),
+        ("download_to + probe_file (the full second pass)", full_probe),
         ("download_to + verify-only check", engine_verify),
         ("hash+write on a queue-fed thread + verify-only", writer_thread),
     ]
@@ -207,10 +212,17 @@ def download(reps: int = 5) -> None:
     def verify() -> None:
         _verify_only(png)
 
-    from nbdesk.api.images import probe_file
+    from nbdesk.api.images import PngStreamCheck, probe_file
+
+    def stream_check() -> None:
+        check = PngStreamCheck()
+        for i in range(0, len(data), 1 << 20):
+            check.feed(data[i:i + (1 << 20)])
+        check.result()
 
     print(f"components, {len(data) / 1e6:.0f} MB PNG:")
     t("sha256", lambda: hashlib.sha256(data).hexdigest())
+    t("PngStreamCheck, 1 MiB blocks", stream_check)
     t("read_bytes", png.read_bytes)
     t("PIL open + verify (chunk CRCs)", verify)
     t("PIL open + load (full decode)", decode)

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from nbdesk.api.base import (
@@ -353,35 +353,63 @@ def check_download_url(url: str) -> None:
         raise ProtocolError(f"the provider returned a result URL that is not http(s): {url[:80]!r}")
 
 
+class StreamCheck(Protocol):
+    """Looks at a download's bytes as they are written (on the writer thread, in order,
+    once each). It must not raise: it records what it found for its owner to read once
+    ``download_to`` has returned."""
+
+    def feed(self, block: bytes) -> None: ...
+
+
 #: The writer flushes a download to disk every so many bytes while it still streams.
 _SYNC_EVERY = 16 << 20
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # not on macOS/Windows
+#: Downloads larger than this (or of unknown length) are hashed and checked on a thread
+#: of their own, beside the one that writes; smaller ones need not take a second thread
+#: from the pool (with hundreds of jobs, starting one stalls the loop that asks for it).
+_HASH_APART_OVER = 8 << 20
 
 
 class _BlockWriter:
-    """Hashes and writes a download's blocks on a (pooled) thread.
+    """Hashes and writes a download's blocks on two (pooled) threads.
 
-    The event loop only queues blocks (``put``), so hashing and disk writes overlap the
-    transfer and cost the loop no thread round trip per block. The thread owns the file
-    from ``open`` to ``close``/``unlink``: however the download ends (success, error,
-    cancellation at any await point) the handle is closed and a discarded temp file
-    removed by the one thread that holds it. At most ``max_queued`` bytes wait in memory;
-    past that ``put`` waits for the writer (back-pressure on the socket).
+    The event loop only queues blocks (``put``), so hashing, checking and disk writes
+    overlap the transfer and cost the loop no thread round trip per block. One thread
+    writes (and waits on the disk's syncs); the other hashes the same blocks and feeds
+    the content check, so neither waits for the other's work (``apart``; a small file
+    is hashed by the writing thread). The writing thread owns
+    the file from ``open`` to ``close``/``unlink``: however the download ends (success,
+    error, cancellation at any await point) the handle is closed and a discarded temp
+    file removed by the one thread that holds it, and only after the hashing thread has
+    stopped. At most ``max_queued`` bytes wait in memory for either thread; past that
+    ``put`` waits (back-pressure on the socket).
     """
 
-    def __init__(self, dest: Path, loop: asyncio.AbstractEventLoop, max_queued: int) -> None:
+    def __init__(self, dest: Path, loop: asyncio.AbstractEventLoop, max_queued: int,
+                 check: StreamCheck | None = None, *, apart: bool = True) -> None:
         self._dest = dest
+        self._check = check
+        self._apart = apart  # False: the writing thread hashes too (small files)
         self._loop = loop
         self._max_queued = max_queued
         self._cond = threading.Condition()
-        self._blocks: deque[bytes | None] = deque()  # None: the end, keep the file
-        self._queued = 0
+        # None: the end (keep the file). Each thread has its queue of the same blocks.
+        self._blocks: deque[bytes | None] = deque()
+        self._unhashed: deque[bytes | None] = deque()
+        self._queued = 0  # bytes not yet written
+        self._hash_queued = 0  # bytes not yet hashed
+        self._idle = 0  # threads waiting for a block
         self._abort = False
         self._error: BaseException | None = None
         self._kept = False  # the thread closed a complete file and left it in place
         self._room: asyncio.Future[None] | None = None
         self._digest = hashlib.sha256()
+        self._hashed = threading.Event()  # the hashing thread has stopped
         self._done: asyncio.Future[None] = loop.create_future()
+        if apart:
+            _WRITERS.submit(self._hash)
+        else:
+            self._hashed.set()
         _WRITERS.submit(self._run)
 
     # -- the event loop's side
@@ -392,10 +420,14 @@ class _BlockWriter:
                 raise self._error
             self._blocks.append(block)
             self._queued += len(block)
+            if self._apart:
+                self._unhashed.append(block)
+                self._hash_queued += len(block)
             room = None
-            if self._queued > self._max_queued:
+            if max(self._queued, self._hash_queued) > self._max_queued:
                 room = self._room = self._loop.create_future()
-            self._cond.notify()
+            if self._idle:  # waking a thread costs the loop; a busy one needs no call
+                self._cond.notify_all()
         if room is not None:
             await room
 
@@ -403,7 +435,8 @@ class _BlockWriter:
         """Flush, fsync and close the file; the SHA-256 of everything put."""
         with self._cond:
             self._blocks.append(None)
-            self._cond.notify()
+            self._unhashed.append(None)
+            self._cond.notify_all()
         await asyncio.shield(self._done)
         if self._error is not None:
             raise self._error
@@ -414,12 +447,51 @@ class _BlockWriter:
         with self._cond:
             self._abort = True
             self._blocks.clear()
-            self._cond.notify()
+            self._unhashed.clear()
+            self._cond.notify_all()
         await asyncio.shield(self._done)
         if self._kept:  # finished, but the download failed after (cancelled in finish())
             await asyncio.shield(asyncio.to_thread(self._dest.unlink, missing_ok=True))
 
-    # -- the writer thread
+    # -- the threads
+
+    def _next(self, blocks: deque[bytes | None]) -> tuple[bool, bytes | None]:
+        """Under the lock: wait for the next block of ``blocks``; (False, None) once the
+        download is abandoned (aborted, failed, or its loop is gone)."""
+        while not blocks and not self._abort and self._error is None:
+            self._idle += 1
+            try:
+                woken = self._cond.wait(timeout=1.0)
+            finally:
+                self._idle -= 1
+            if not woken and self._orphaned():
+                self._abort = True
+        if self._abort or self._error is not None:
+            return False, None
+        return True, blocks.popleft()
+
+    def _feed(self, block: bytes) -> None:
+        self._digest.update(block)  # releases the GIL for large blocks
+        if self._check is not None:
+            self._check.feed(block)
+
+    def _hash(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    _, block = self._next(self._unhashed)
+                    if block is not None:
+                        self._hash_queued -= len(block)
+                        self._wake_putter()
+                if block is None:
+                    break
+                self._feed(block)
+        except BaseException as exc:
+            with self._cond:
+                self._error = self._error or exc
+                self._cond.notify_all()
+        finally:
+            self._hashed.set()
 
     def _run(self) -> None:
         fh: BinaryIO | None = None
@@ -429,12 +501,9 @@ class _BlockWriter:
             fh = open(self._dest, "wb")  # noqa: SIM115 (closed below, on every path)
             while True:
                 with self._cond:
-                    while not self._blocks and not self._abort:
-                        if not self._cond.wait(timeout=1.0) and self._orphaned():
-                            self._abort = True
-                    if self._abort:
+                    going, block = self._next(self._blocks)
+                    if not going:
                         break
-                    block = self._blocks.popleft()
                     if block is not None:
                         self._queued -= len(block)
                         self._wake_putter()
@@ -445,7 +514,8 @@ class _BlockWriter:
                     fh = None
                     self._kept = True
                     break
-                self._digest.update(block)  # releases the GIL for large blocks
+                if not self._apart:
+                    self._feed(block)
                 fh.write(block)
                 unsynced += len(block)
                 if unsynced >= _SYNC_EVERY:  # so that the final fsync has little left to do
@@ -455,15 +525,20 @@ class _BlockWriter:
         except BaseException as exc:
             error = exc
         finally:
+            if error is not None:
+                with self._cond:
+                    self._error = self._error or error
+                    self._cond.notify_all()
+            self._hashed.wait()  # the digest is complete, or the hashing has stopped
             if fh is not None:
                 with contextlib.suppress(OSError):
                     fh.close()
-            if error is not None or self._abort:
+            failed = self._error is not None or self._abort
+            if failed:
+                self._kept = False
                 with contextlib.suppress(OSError):
                     self._dest.unlink(missing_ok=True)
             with self._cond:
-                if error is not None:
-                    self._error = error
                 self._wake_putter()
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
                 self._loop.call_soon_threadsafe(_resolve, self._done)
@@ -473,10 +548,11 @@ class _BlockWriter:
         return self._loop.is_closed()
 
     def _wake_putter(self) -> None:
-        # Under the lock. A waiting put() resumes once the queue is half drained.
+        # Under the lock. A waiting put() resumes once both queues are half drained.
         room = self._room
-        if room is not None and (self._queued <= self._max_queued // 2 or self._error
-                                 or self._abort):
+        if room is not None and (
+                max(self._queued, self._hash_queued) <= self._max_queued // 2
+                or self._error or self._abort):
             self._room = None
             self._loop.call_soon_threadsafe(_resolve, room)
 
@@ -533,15 +609,19 @@ async def download_to(
     max_bytes: int,
     chunk: int = 1 << 20,
     max_queued: int = 8 << 20,
+    check: StreamCheck | None = None,
 ) -> Download:
-    """Stream ``url`` into ``dest`` (a temp path): hashed, size-capped, fsynced.
+    """Stream ``url`` into ``dest`` (a temp path): hashed, size-capped, fsynced; the
+    writer gets blocks of about ``chunk`` bytes.
 
     The caller checks the content and renames it into place. On any failure the
     partial file is removed and a typed error raised (TransientError for network
     trouble and short bodies, ProtocolError for an oversize or unusable answer);
     ``OSError`` when the file cannot be written. Hashing and file work run on a writer
     thread (the loop may be the GUI's); cancelled at any point, the download leaves no
-    open handle and no file behind once it has unwound.
+    open handle and no file behind once it has unwound. ``check`` sees every block
+    written, on that thread (``images.PngStreamCheck``: the content check without a
+    second pass over the file).
     """
     check_download_url(url)
     _without_httpx_cli()
@@ -571,12 +651,26 @@ async def download_to(
                     f"over the {_mib(max_bytes)} limit"
                 )
             ctype = response.headers.get("content-type", "")
-            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued)
-            async for block in response.aiter_raw(chunk):
-                size += len(block)
+            apart = declared is None or not declared.isdigit() or int(declared) > _HASH_APART_OVER
+            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued, check,
+                                  apart=apart)
+            # The pieces as read (httpx's own chunking, aiter_raw(n), copies every byte
+            # three times on the loop's thread), handed on ~``chunk`` bytes at a time.
+            pending: list[bytes] = []
+            pending_size = 0
+            async for piece in response.aiter_raw():
+                size += len(piece)
                 if size > max_bytes:
                     raise ProtocolError(f"{what}: the image is over the {_mib(max_bytes)} limit")
-                await writer.put(block)
+                pending.append(piece)
+                pending_size += len(piece)
+                if pending_size >= chunk:
+                    block = b"".join(pending)
+                    pending.clear()
+                    pending_size = 0
+                    await writer.put(block)
+            if pending:
+                await writer.put(b"".join(pending))
             if declared is not None and declared.isdigit() and int(declared) != size:
                 raise TransientError(f"{what}: the connection ended early ({size} of {declared})")
             if size == 0:

@@ -21,6 +21,7 @@ import io
 import os
 import re
 import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -152,11 +153,13 @@ def _damaged() -> ImageCheckError:
     return ImageCheckError("the image is truncated or damaged")
 
 
-def _check(fp: BinaryIO, max_pixels: int) -> ImageInfo:
+def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None) -> ImageInfo:
     """Identify the image in ``fp`` and prove it whole, as cheaply as the format allows:
 
     * PNG: every chunk's CRC up to and including IEND (no pixel is decoded; a cut file
-      fails its CRC or misses IEND);
+      fails its CRC or misses IEND), unless ``png`` (a ``PngStreamCheck``'s proof of this
+      very file, whose size the caller compared) already showed that and agrees with the
+      header;
     * JPEG: a 1/8-scale decode (libjpeg still reads every entropy-coded byte, and reports a
       missing end as truncation) instead of a full one;
     * WebP: the RIFF length must equal the file's; small pictures are also decoded;
@@ -168,6 +171,8 @@ def _check(fp: BinaryIO, max_pixels: int) -> ImageInfo:
         info = _info(im)
         try:
             if info.format == "png":
+                if png is not None and (png.width, png.height) == (info.width, info.height):
+                    return info  # the header above is Pillow's; the rest was proved
                 im.verify()  # structure and every CRC; leaves fp just past IEND's header
                 if fp.read(4) != _IEND_CRC:
                     raise _damaged()
@@ -207,6 +212,146 @@ def _check(fp: BinaryIO, max_pixels: int) -> ImageInfo:
     return info
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MAX_CHUNK = 2**31 - 1  # the PNG spec's limit on a chunk's length
+
+
+@dataclass(frozen=True)
+class PngProof:
+    """What ``PngStreamCheck`` saw: a whole PNG of ``size`` bytes, ``width``x``height``."""
+
+    width: int
+    height: int
+    size: int
+
+
+class PngStreamCheck:
+    """Proves a PNG whole while its bytes go by (``feed`` the blocks in order, then
+    ``result``), so that a download need not be read back to be checked.
+
+    It checks the structure and every chunk's CRC, IHDR first, an IDAT before IEND, IEND
+    last (empty) and nothing after it. It decodes no pixel and does not judge chunk
+    contents: ``probe_file(path, png=proof)`` still opens the header with Pillow (format,
+    size, pixel cap, the chunks before the image data) and only skips the second pass
+    over the data. It is stricter than that pass (bytes after IEND, chunk names that are
+    not letters), never looser: a stream it does not prove goes through ``probe_file`` as
+    before. ``feed`` never raises; ``result`` raises ``ImageCheckError``."""
+
+    __slots__ = ("_crc", "_error", "_head", "_ihdr", "_kind", "_need", "_remaining",
+                 "_seen_idat", "_size", "_state")
+
+    # states: what the next bytes are
+    _SIGNATURE, _HEADER, _DATA, _CRC, _END = range(5)
+
+    def __init__(self) -> None:
+        self._state = self._SIGNATURE
+        self._need = len(_PNG_SIGNATURE)  # bytes to collect in _head (all but _DATA)
+        self._head = bytearray()
+        self._kind = b""  # the current chunk's type
+        self._remaining = 0  # data bytes left in the current chunk
+        self._crc = 0
+        self._ihdr: bytes | None = None
+        self._seen_idat = False
+        self._size = 0
+        self._error: str | None = None
+
+    def feed(self, block: bytes) -> None:
+        if self._error is not None:
+            return
+        self._size += len(block)
+        view = memoryview(block)
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._state == self._DATA:
+                take = min(self._remaining, end - pos)
+                part = view[pos:pos + take]
+                self._crc = zlib.crc32(part, self._crc)  # releases the GIL over 5 kB
+                if self._kind == b"IHDR":
+                    self._head += part
+                self._remaining -= take
+                pos += take
+                if self._remaining == 0:
+                    self._state = self._CRC
+                    self._need = len(self._head) + 4
+                continue
+            if self._state == self._END:
+                self._error = "data after the end of the PNG"
+                return
+            take = min(self._need - len(self._head), end - pos)
+            self._head += view[pos:pos + take]
+            pos += take
+            if len(self._head) == self._need:
+                self._step()
+                if self._error is not None:
+                    return
+
+    def _step(self) -> None:
+        """A signature, chunk header or CRC (after the chunk's data) is complete."""
+        head = bytes(self._head)
+        self._head.clear()
+        if self._state == self._SIGNATURE:
+            if head != _PNG_SIGNATURE:
+                self._error = "not a PNG"
+                return
+            self._begin_chunk()
+        elif self._state == self._HEADER:
+            length = int.from_bytes(head[:4], "big")
+            kind = head[4:]
+            first = self._ihdr is None
+            if (length > _PNG_MAX_CHUNK or not kind.isalpha()  # bytes: ASCII letters
+                    or first != (kind == b"IHDR") or (kind == b"IHDR" and length != 13)
+                    or (kind == b"IEND" and (length or not self._seen_idat))):
+                self._error = f"unexpected chunk {kind!r} (length {length})"
+                return
+            self._seen_idat = self._seen_idat or kind == b"IDAT"
+            self._kind = kind
+            self._crc = zlib.crc32(kind)
+            self._remaining = length
+            if length:
+                self._state = self._DATA
+            else:
+                self._state = self._CRC
+                self._need = 4
+        else:  # _CRC: for IHDR, _head held its 13 data bytes as well
+            data, crc = head[:-4], head[-4:]
+            if int.from_bytes(crc, "big") != self._crc:
+                self._error = f"bad CRC in chunk {self._kind!r}"
+                return
+            if self._kind == b"IHDR":
+                self._ihdr = data
+            if self._kind == b"IEND":
+                self._state = self._END
+                self._need = 0
+            else:
+                self._begin_chunk()
+
+    def _begin_chunk(self) -> None:
+        self._state = self._HEADER
+        self._need = 8
+
+    def result(self) -> PngProof:
+        """The proof, or ``ImageCheckError`` (as ``probe_file``'s for a damaged file)."""
+        if self._error is None and self._state != self._END:
+            self._error = "the PNG ends early"
+        if self._error is not None or self._ihdr is None:
+            raise ImageCheckError("the image is truncated or damaged")
+        return PngProof(width=int.from_bytes(self._ihdr[0:4], "big"),
+                        height=int.from_bytes(self._ihdr[4:8], "big"), size=self._size)
+
+    def proof(self) -> PngProof | None:
+        """``result``, or None where it would raise (for ``probe_file(..., png=)``)."""
+        try:
+            return self.result()
+        except ImageCheckError:
+            return None
+
+    @property
+    def reason(self) -> str | None:
+        """Why the stream was not proved (for logs and tests); None if it was, or if it
+        is not finished."""
+        return self._error
+
+
 def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     """Identify and verify an image; ``ImageCheckError`` if it is not a whole, supported
     picture of at most ``max_pixels`` pixels (see ``_check`` for what "whole" costs)."""
@@ -215,13 +360,19 @@ def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     return _check(io.BytesIO(data), max_pixels)
 
 
-def probe_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+def probe_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
+               png: PngProof | None = None) -> ImageInfo:
     """``probe_bytes`` of a file, read from disk as the check needs it (not into memory
-    first). ``OSError`` if the file cannot be read."""
+    first). ``OSError`` if the file cannot be read.
+
+    ``png``: what a ``PngStreamCheck`` proved of the bytes written to this file. If it
+    matches (same size, a PNG of the same dimensions) the second pass over the chunks is
+    skipped; Pillow still reads the header. Anything else is checked in full."""
     with open(path, "rb") as fp:
-        if os.fstat(fp.fileno()).st_size == 0:
+        size = os.fstat(fp.fileno()).st_size
+        if size == 0:
             raise ImageCheckError("the file is empty")
-        return _check(fp, max_pixels)
+        return _check(fp, max_pixels, png if png is not None and png.size == size else None)
 
 
 # --------------------------------------------------------------------------- references

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from nbdesk.api.base import (
     Answer,
@@ -46,8 +46,14 @@ from nbdesk.api.base import (
     is_sync,
 )
 from nbdesk.api.capabilities import PROVIDERS
-from nbdesk.api.http import RetryPolicy, download_to
-from nbdesk.api.images import ImageCheckError, ImageInfo, prepare_reference, probe_file
+from nbdesk.api.http import Download, RetryPolicy, download_to
+from nbdesk.api.images import (
+    ImageCheckError,
+    ImageInfo,
+    PngStreamCheck,
+    prepare_reference,
+    probe_file,
+)
 from nbdesk.api.refs import fetch_reference
 from nbdesk.api.validate import validate_request
 from nbdesk.core.connector import ConfigError, Connector
@@ -62,6 +68,9 @@ from nbdesk.core.jobs import (
 )
 from nbdesk.core.library import Item, LeaseLost, Library, StoredImage, make_owner
 
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: A reference checked before a job is written: (source, "file" | "url", bytes, info);
@@ -73,6 +82,18 @@ INTERRUPTED_MESSAGE = (
     "broke before the answer); {label} has no idempotency key, so it was not sent again. "
     "Retry sends it again — a new paid submission."
 )
+
+
+async def fetch_image(client: httpx.AsyncClient, url: str, tmp: Path, max_bytes: int
+                      ) -> tuple[ImageInfo, Download]:
+    """A result image downloaded to ``tmp`` and proved whole (``ImageCheckError`` if it
+    is not), as the engine stores it. A PNG is checked on the writer thread as its bytes
+    go by, so it is not read back; whatever that check did not prove (other formats, or
+    a damaged PNG) gets the full ``probe_file`` check as before, which then decides."""
+    check = PngStreamCheck()
+    got = await download_to(client, url, tmp, max_bytes=max_bytes, check=check)
+    info = await asyncio.to_thread(partial(probe_file, tmp, png=check.proof()))
+    return info, got
 
 
 @dataclass
@@ -795,8 +816,7 @@ class Engine:
             while True:
                 tmp = self.library.tmp_path(job.id, idx)
                 try:
-                    got = await download_to(self.connector.http, url, tmp, max_bytes=max_bytes)
-                    info = await asyncio.to_thread(probe_file, tmp)
+                    info, got = await fetch_image(self.connector.http, url, tmp, max_bytes)
                     image = await self.db(
                         self.library.place_image, job, idx, tmp, sha256=got.sha256,
                         size=got.size, width=info.width, height=info.height,

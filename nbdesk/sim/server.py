@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
@@ -52,10 +52,15 @@ log = logging.getLogger("nbdesk.sim")
 
 DEMO_KEY = "demo"
 
-#: Every fault kind the simulator knows.  ``reset_after`` is only used when scripted or
-#: listed in ``Faults.kinds`` explicitly.
+#: Every fault kind the simulator knows.  ``reset_after``, ``cut`` and ``corrupt`` are only
+#: used when scripted or listed in ``Faults.kinds`` explicitly.  ``truncate`` drops the
+#: connection mid-body (short of its Content-Length); ``cut`` sends the first half of an
+#: image as if it were all of it (a matching Content-Length: a host that lost the tail),
+#: ``corrupt`` the whole image with one byte changed in the middle.  Off the download
+#: route all three are a 500.
 FAULT_KINDS: tuple[str, ...] = (
-    "429", "500", "503", "reset", "reset_after", "slow", "truncate", "malformed",
+    "429", "500", "503", "reset", "reset_after", "slow", "truncate", "malformed", "cut",
+    "corrupt",
 )
 ROUTES: tuple[str, ...] = (
     "apiframe.submit", "apiframe.poll", "apifree.submit", "apifree.poll", "download",
@@ -547,7 +552,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, sim: Simulator, route: str, args: tuple[str, ...], body: bytes,
                outcome: str) -> None:
-        if outcome == "truncate" and route != "download":
+        if outcome in ("truncate", "cut", "corrupt") and route != "download":
             outcome = "500"
         if outcome == "reset":
             self._reset()
@@ -597,6 +602,15 @@ class _Handler(BaseHTTPRequestHandler):
         if outcome == "truncate" and resp.status == 200:
             self.close_connection = True
             self._send(resp, body=resp.body[: len(resp.body) // 2])
+            return
+        if outcome in ("cut", "corrupt") and resp.status == 200:
+            damaged = bytearray(resp.body)
+            half = len(damaged) // 2
+            if outcome == "cut":
+                del damaged[half:]
+            else:
+                damaged[half] ^= 0x20
+            self._send(replace(resp, body=bytes(damaged)))
             return
         # A download is counted before its body goes out (so a client that has the body
         # also sees the count) and taken back if the body could not be sent in full.

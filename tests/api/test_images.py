@@ -15,6 +15,8 @@ from nbdesk.api.images import (
     MAX_PIXELS,
     ImageCheckError,
     ImageInfo,
+    PngProof,
+    PngStreamCheck,
     prepare_reference,
     probe_bytes,
     probe_file,
@@ -442,3 +444,147 @@ def test_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     write(tmp_path, "home.png", data)
     _, original, _ = prepare_reference("~/home.png")
     assert original == data
+
+
+# --------------------------------------------------------------------------- PNG as it streams
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def chunked_png(width: int = 40, height: int = 30) -> bytes:
+    """A noise PNG with its image data in five IDAT chunks and text chunks before and
+    after them (chunk boundaries everywhere, as in big real files)."""
+    raw = encode(Image.effect_noise((width, height), 64).convert("RGB"), "PNG")
+    ihdr = raw[8 : 8 + 25]
+    idat = b""
+    pos = 8 + 25
+    while pos < len(raw):
+        (length,) = struct.unpack(">I", raw[pos : pos + 4])
+        if raw[pos + 4 : pos + 8] == b"IDAT":
+            idat += raw[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    step = len(idat) // 5 + 1
+    parts = [_chunk(b"IDAT", idat[i : i + step]) for i in range(0, len(idat), step)]
+    assert len(parts) == 5
+    return (PNG_SIGNATURE + ihdr + _chunk(b"tEXt", b"Comment\x00before")
+            + b"".join(parts) + _chunk(b"tEXt", b"Comment\x00after") + _chunk(b"IEND", b""))
+
+
+def stream_check(data: bytes, block: int = 4096) -> PngStreamCheck:
+    check = PngStreamCheck()
+    for i in range(0, len(data), block):
+        check.feed(data[i : i + block])
+    return check
+
+
+def assert_refused(data: bytes, block: int = 4096) -> None:
+    """The stream check does not prove ``data``; its error is the one probe_file gives a
+    damaged file."""
+    check = stream_check(data, block)
+    with pytest.raises(ImageCheckError, match=r"^the image is truncated or damaged$"):
+        check.result()
+    assert check.reason
+
+
+@pytest.mark.parametrize("block", [1, 3, 8, 12, 13, 100, 1 << 20])
+def test_png_stream_check_proves_a_whole_png(tmp_path: Path, block: int) -> None:
+    data = chunked_png()
+    proof = stream_check(data, block).result()
+    assert proof == PngProof(width=40, height=30, size=len(data))
+    path = write(tmp_path, "whole.png", data)
+    assert probe_file(path, png=proof) == probe_file(path) == ImageInfo(
+        "png", "png", "image/png", 40, 30)
+
+
+def test_png_stream_check_proves_pillows_own_pngs() -> None:
+    for data in (png(300, 200), png(5, 7, "RGBA"), bilevel_png(3000, 2000)):
+        proof = stream_check(data, 1000).result()
+        info = probe_bytes(data)
+        assert (proof.width, proof.height, proof.size) == (info.width, info.height, len(data))
+
+
+def test_png_stream_check_refuses_every_truncation() -> None:
+    data = chunked_png()
+    for cut in range(len(data)):
+        for block in (7, 4096):
+            assert_refused(data[:cut], block)
+        with pytest.raises(ImageCheckError):  # and so does the full probe
+            probe_bytes(data[:cut])
+
+
+def test_png_stream_check_refuses_any_changed_byte() -> None:
+    """Signature, lengths, types, data and CRCs: one flipped bit anywhere is caught."""
+    data = chunked_png()
+    for pos in range(len(data)):
+        for bit in (0x01, 0x80):
+            damaged = bytearray(data)
+            damaged[pos] ^= bit
+            assert_refused(bytes(damaged))
+
+
+def test_png_stream_check_refuses_a_flipped_data_byte_probe_does_too() -> None:
+    data = bytearray(chunked_png())
+    data[len(data) // 2] ^= 0x20  # inside an IDAT chunk's data
+    assert_refused(bytes(data))
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_bytes(bytes(data))
+
+
+def test_png_stream_check_refuses_a_bad_crc() -> None:
+    data = chunked_png()
+    iend = len(data) - 12
+    bad = data[: iend - 4] + bytes(4) + data[iend:]  # the last text chunk's CRC zeroed
+    assert_refused(bad)
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_bytes(bad)
+    bad_iend = data[:-4] + b"\x00\x00\x00\x00"
+    assert_refused(bad_iend)
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_bytes(bad_iend)
+
+
+def test_png_stream_check_refuses_a_missing_iend() -> None:
+    data = chunked_png()
+    assert data.endswith(_chunk(b"IEND", b""))
+    assert_refused(data[:-12])
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_bytes(data[:-12])
+
+
+def test_png_stream_check_refuses_bytes_after_iend_which_the_probe_accepts() -> None:
+    """Stricter than probe_file, which ignores what follows IEND: a stream the check does
+    not prove is probed in full, so this stays accepted as it was (see the engine)."""
+    data = chunked_png()
+    for tail in (b"\x00", b"trailing garbage", _chunk(b"IEND", b"")):
+        assert_refused(data + tail)
+        assert probe_bytes(data + tail).width == 40
+
+
+def test_png_stream_check_refuses_bad_structure() -> None:
+    data = chunked_png()
+    ihdr, rest = data[8:33], data[33:]
+    text = _chunk(b"tEXt", b"Comment\x00x")
+    assert_refused(PNG_SIGNATURE + text + ihdr + rest)  # IHDR not first
+    assert_refused(PNG_SIGNATURE + ihdr + ihdr + rest)  # two IHDRs
+    assert_refused(PNG_SIGNATURE + ihdr + _chunk(b"IEND", b""))  # no image data
+    assert_refused(data[:-12] + _chunk(b"IEND", b"x"))  # IEND with data
+    assert_refused(data[:-12] + _chunk(b"I_ND", b""))  # not a chunk name
+    assert_refused(b"")
+    assert_refused(noisy_jpeg(64, 48))  # not a PNG at all
+
+
+def test_probe_file_uses_a_proof_only_for_the_same_file(tmp_path: Path) -> None:
+    data = chunked_png()
+    proof = stream_check(data).result()
+    cut = write(tmp_path, "cut.png", data[:-1])  # a different size: checked in full
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_file(cut, png=proof)
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 1
+    other = write(tmp_path, "other.png", bytes(damaged))
+    wrong = PngProof(width=41, height=30, size=len(data))  # not this picture's header
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_file(other, png=wrong)
+    jpeg = write(tmp_path, "p.jpg", noisy_jpeg(64, 48)[:-2])  # a JPEG: its own check
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_file(jpeg, png=PngProof(64, 48, jpeg.stat().st_size))

@@ -26,7 +26,7 @@ from nbdesk.api.base import (
     UnansweredSubmitError,
 )
 from nbdesk.api.http import RetryPolicy, download_to
-from nbdesk.api.images import ImageCheckError, probe_file
+from nbdesk.api.images import ImageCheckError, PngStreamCheck, probe_file
 from nbdesk.sim import Simulator
 from tests.helpers import FakeSleep, SimClock
 
@@ -333,6 +333,43 @@ async def test_truncated_download_is_transient_and_leaves_no_file(
     assert probe_file(got.path).width > 0
 
 
+@pytest.mark.usefixtures("hashing")
+async def test_download_shows_every_byte_to_its_check_and_proves_a_png(
+    sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
+    sim_clock: SimClock,
+) -> None:
+    client = frame(sim, http, policy)
+    job = await client.submit(GenerationRequest(
+        model="nano-banana", prompt="x", output_format="png"), "t")
+    sim_clock.advance(5)
+    url = (await client.poll(job.remote_id)).urls[0]
+
+    class Recorder(PngStreamCheck):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = bytearray()
+
+        def feed(self, block: bytes) -> None:
+            self.seen += block
+            super().feed(block)
+
+    check = Recorder()
+    got = await download_to(http, url, tmp_path / "p.part", max_bytes=50_000_000,
+                            chunk=16_384, check=check)
+    assert bytes(check.seen) == got.path.read_bytes()
+    proof = check.result()
+    assert proof.size == got.size
+    assert probe_file(got.path, png=proof) == probe_file(got.path)
+
+    sim.script("download", ["cut"])
+    check = PngStreamCheck()
+    got = await download_to(http, url, tmp_path / "c.part", max_bytes=50_000_000, check=check)
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        check.result()
+    with pytest.raises(ImageCheckError, match="truncated or damaged"):
+        probe_file(got.path)
+
+
 async def test_download_that_is_not_an_image_is_detected(
     sim: Simulator, http: httpx.AsyncClient, tmp_path: Path,
 ) -> None:
@@ -380,7 +417,19 @@ def _open_handles(path: Path) -> list[str]:
     return found
 
 
+@pytest.fixture(params=["hashed apart", "hashed by the writer"])
+def hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a download is hashed: on a thread beside the writing one (large files),
+    or on the writing thread itself (small ones)."""
+    import nbdesk.api.http
+
+    apart = request.param == "hashed apart"
+    monkeypatch.setattr(nbdesk.api.http, "_HASH_APART_OVER", -1 if apart else 1 << 40)
+    return str(request.param)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.usefixtures("hashing")
 async def test_a_cancelled_download_leaves_no_handle_and_no_file(
     sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
     sim_clock: SimClock,
@@ -421,6 +470,42 @@ async def test_a_cancelled_download_leaves_no_handle_and_no_file(
     assert cancelled > 10
 
 
+@pytest.mark.usefixtures("hashing")
+async def test_a_failing_content_check_fails_the_download_and_leaves_nothing(
+    sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
+    sim_clock: SimClock,
+) -> None:
+    """The hashing thread (which feeds the check) failing is the download failing: its
+    error reaches the caller, the writing thread stops and removes the file."""
+    client = frame(sim, http, policy)
+    job = await client.submit(GenerationRequest(model="nano-banana", prompt="x",
+                                                output_format="png"), "f")
+    sim_clock.advance(5)
+    url = (await client.poll(job.remote_id)).urls[0]
+
+    class Broken:
+        """Raises once it has been shown more than ``after`` bytes."""
+
+        def __init__(self, after: int) -> None:
+            self.after = after
+
+        def feed(self, block: bytes) -> None:
+            self.after -= len(block)
+            if self.after < 0:
+                raise RuntimeError("the check broke")
+
+    dest = tmp_path / "f.part"
+    size = (await download_to(http, url, dest, max_bytes=50_000_000,
+                              check=Broken(10**9))).size
+    assert size == dest.stat().st_size
+    for after in (0, size // 3, size - 1):  # the first block, one in the middle, the last
+        with pytest.raises(RuntimeError, match="the check broke"):
+            await download_to(http, url, dest, max_bytes=50_000_000, chunk=16_384,
+                              max_queued=32_768, check=Broken(after))
+        assert not dest.exists() and _open_handles(dest) == []
+
+
+@pytest.mark.usefixtures("hashing")
 async def test_a_download_that_cannot_be_written_raises_oserror(
     sim: Simulator, http: httpx.AsyncClient, policy: RetryPolicy, tmp_path: Path,
     sim_clock: SimClock,

@@ -21,7 +21,7 @@ from PIL import Image
 from nbdesk.api.base import InputError
 from nbdesk.core.connector import ConfigError
 from nbdesk.core.engine import Engine
-from nbdesk.core.jobs import JobParams, JobSpec, JobState
+from nbdesk.core.jobs import Job, JobParams, JobSpec, JobState
 from nbdesk.core.library import sha256_file
 from nbdesk.sim import Faults
 from tests.helpers import EngineEnv, close_engine
@@ -496,3 +496,66 @@ async def test_resumed_download_asks_for_fresh_links(engine_env: EngineEnv) -> N
     assert job.state is JobState.COMPLETED, job.error
     assert job.result_urls and job.result_urls[0].startswith(engine_env.sim.base_url)
     assert engine_env.sim.stats.submits["apiframe"] == 1
+
+
+PNG_FRAME = JobSpec(provider="apiframe", model="nano-banana", prompt="a green kite",
+                    params=JobParams(output_format="png"))
+
+
+async def run_png_job(engine_env: EngineEnv) -> Job:
+    """One PNG job through a fresh engine, to its end."""
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(PNG_FRAME)
+        (done,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    return done
+
+
+@pytest.mark.parametrize("fault", ["cut", "corrupt"])
+async def test_a_damaged_png_is_refused_and_downloaded_again(engine_env: EngineEnv,
+                                                             fault: str) -> None:
+    """The simulator sends the PNG cut in half (with a Content-Length that matches) or
+    with one byte changed: the engine must not store it, and fetches it again."""
+    engine_env.sim.script("download", [fault])
+    job = await run_png_job(engine_env)
+    assert job.state is JobState.COMPLETED, job.error
+    assert engine_env.sim.stats.faults[fault] == 1 and engine_env.sim.stats.downloads == 1
+    (item,) = engine_env.library.items_for_job(job.id)
+    assert item.format == "png" and sha256_file(item.path) == item.sha256
+    with Image.open(item.path) as im:
+        im.load()
+        assert im.size == (item.width, item.height)
+    assert engine_env.library.verify() == []
+    assert engine_env.library.tmp_files() == []
+
+
+@pytest.mark.parametrize("fault", ["cut", "corrupt"])
+async def test_a_png_damaged_every_time_fails_the_job(engine_env: EngineEnv,
+                                                      fault: str) -> None:
+    engine_env.sim.script("download", [fault] * 3)
+    job = await run_png_job(engine_env)
+    assert job.state is JobState.FAILED
+    assert job.error == ("the provider's file is not a usable image: "
+                         "the image is truncated or damaged")
+    assert engine_env.library.items_for_job(job.id) == []
+    assert engine_env.library.tmp_files() == []
+
+
+async def test_a_png_proved_as_it_streams_is_not_read_again(
+    engine_env: EngineEnv, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second pass over a PNG (Pillow's verify) is skipped when the download's
+    stream check proved it whole; other formats are still probed in full."""
+    from PIL import PngImagePlugin
+
+    def no_second_pass(self: object) -> None:
+        raise AssertionError("a proved PNG was verified again")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "verify", no_second_pass)
+    job = await run_png_job(engine_env)
+    assert job.state is JobState.COMPLETED, job.error
+    (item,) = engine_env.library.items_for_job(job.id)
+    assert sha256_file(item.path) == item.sha256 and item.size == item.path.stat().st_size

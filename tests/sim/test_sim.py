@@ -695,6 +695,25 @@ def test_script_truncate_download(sim: Simulator, client: httpx.Client) -> None:
     assert sim.stats.downloads == 1 and sim.stats.faults["truncate"] == 1
 
 
+def test_script_cut_and_corrupt_download(sim: Simulator, client: httpx.Client) -> None:
+    """Bodies sent whole (Content-Length matches) that are not the image: the first half
+    of it, or all of it with one byte changed. Only a content check can tell."""
+    finish(sim)
+    job_id = af_submit(client, output_format="png").json()["jobId"]
+    url = result_urls(af_job(client, job_id)["result"])[0]
+    good = client.get(url).content
+    sim.script("download", ["cut", "corrupt"])
+    cut = client.get(url)
+    assert cut.status_code == 200 and cut.content == good[: len(good) // 2]
+    assert cut.headers["content-length"] == str(len(good) // 2)
+    bad = client.get(url).content
+    assert len(bad) == len(good) and sum(a != b for a, b in zip(bad, good, strict=True)) == 1
+    assert sim.stats.downloads == 1
+    assert sim.stats.faults["cut"] == 1 and sim.stats.faults["corrupt"] == 1
+    sim.script("apiframe.poll", ["cut"])
+    assert client.get(f"/v2/jobs/{job_id}", headers=AF_KEY).status_code == 500
+
+
 def test_script_truncate_elsewhere_is_a_500(sim: Simulator, client: httpx.Client) -> None:
     sim.script("apiframe.poll", ["truncate"])
     job_id = af_submit(client).json()["jobId"]
