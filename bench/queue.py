@@ -71,13 +71,12 @@ def fresh_home() -> Path:
     return home
 
 
-async def window_run(base_url: str, profile: bool, inline: bool = False) -> dict[str, Any]:
+async def window_run(base_url: str, profile: bool) -> dict[str, Any]:
     from bench.stall import StallMonitor, StallSampler, rss_mb
     from nbdesk.app import settle_heap
     from nbdesk.core.jobs import JobParams, JobSpec, JobState
     from nbdesk.core.runtime import Runtime
     from nbdesk.ui.controller import Controller
-    from nbdesk.ui.engine_host import hosted_engine
     from nbdesk.ui.main_window import MainWindow
 
     home = fresh_home()
@@ -91,11 +90,7 @@ async def window_run(base_url: str, profile: bool, inline: bool = False) -> dict
     rt.engine_config = engine_config  # type: ignore[method-assign]
     result: dict[str, Any] = {}
     try:
-        # as the app composes it: the engine on its own thread (``--inline``: on the GUI
-        # loop, as before)
-        opened = (rt.engine(take_over=False, resume=False) if inline
-                  else hosted_engine(rt, take_over=False, resume=False))
-        async with opened as engine:
+        async with rt.engine(take_over=False, resume=False) as engine:
             controller = Controller(rt, engine)
             window = MainWindow(controller)
             window.resize(1440, 900)
@@ -235,7 +230,7 @@ async def api_run(base_url: str) -> dict[str, Any]:
             "api_completed": ok}
 
 
-def main(mode: str, profile: bool, inline: bool = False) -> dict[str, Any]:
+def main(mode: str, profile: bool) -> dict[str, Any]:
     from bench.datasets import queue_pool
 
     sim = subprocess.Popen([sys.executable, "-m", "bench.simproc", str(queue_pool())],
@@ -257,8 +252,7 @@ def main(mode: str, profile: bool, inline: bool = False) -> dict[str, Any]:
         loop = qasync.QEventLoop(app)
         asyncio.set_event_loop(loop)
         with loop:
-            result: dict[str, Any] = loop.run_until_complete(
-                window_run(base_url, profile, inline))
+            result: dict[str, Any] = loop.run_until_complete(window_run(base_url, profile))
         return result
     finally:
         sim.terminate()
@@ -266,5 +260,4 @@ def main(mode: str, profile: bool, inline: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    emit(main(sys.argv[1] if len(sys.argv) > 1 else "app", "--profile" in sys.argv,
-              "--inline" in sys.argv))
+    emit(main(sys.argv[1] if len(sys.argv) > 1 else "app", "--profile" in sys.argv))

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     from nbdesk.core.library import LibraryError
-    from nbdesk.core.runtime import Runtime, setup_logging
+    from nbdesk.core.runtime import Runtime, setup_logging, start_engine
 
     app = QApplication.instance() or QApplication([sys.argv[0], *argv])
     assert isinstance(app, QApplication)
@@ -82,7 +82,6 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
 
     from nbdesk.ui.controller import Controller
     from nbdesk.ui.crash import CrashHandler
-    from nbdesk.ui.engine_host import hosted_engine
     from nbdesk.ui.launch import apply_identity, window_ready
     from nbdesk.ui.main_window import MainWindow, apply_app_style
 
@@ -97,8 +96,7 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     app.aboutToQuit.connect(closed.set)
 
     async def run() -> None:
-        # The engine and its HTTP client run on a thread of their own (see engine_host).
-        async with hosted_engine(rt, take_over=True, resume=True, start=False) as engine:
+        async with rt.engine(take_over=True, resume=True, start=False) as engine:
             window = MainWindow(Controller(rt, engine))
             window.closed.connect(closed.set)
             painted = first_paint(window)
@@ -111,7 +109,7 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
                 await asyncio.wait_for(painted, 0.5)
                 await asyncio.wait_for(first_screen(window), 1.0)
                 await asyncio.wait_for(first_paint(window.library.list.viewport()), 0.2)
-            await engine.start(resume=True)
+            await start_engine(engine, resume=True)
             asyncio.get_running_loop().call_later(1.0, settle_heap)
             await closed.wait()
         # leaving the block stopped the engine: unfinished jobs resume on the next start

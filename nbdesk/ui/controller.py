@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from PySide6.QtCore import QObject, Signal
 
@@ -21,9 +21,6 @@ from nbdesk.core.jobs import Job, JobSpec, JobState
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime
 from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
-
-if TYPE_CHECKING:
-    from nbdesk.ui.engine_host import EngineProxy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,10 +41,7 @@ class Controller(QObject):
     editRequested = Signal(object)  # Item: new job with it as reference and a new prompt
     rerunRequested = Signal(object)  # Item: the same parameters again
 
-    def __init__(self, rt: Runtime, engine: Engine | EngineProxy,
-                 parent: QObject | None = None) -> None:
-        """``engine``: on this loop, or on its own thread (the app: ``hosted_engine``);
-        either way every signal is emitted on the GUI thread."""
+    def __init__(self, rt: Runtime, engine: Engine, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.rt = rt
         self.engine = engine
