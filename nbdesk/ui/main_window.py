@@ -26,6 +26,7 @@ from nbdesk.api.capabilities import PROVIDERS
 from nbdesk.core.jobs import Job, JobState
 from nbdesk.ui.composer import Composer
 from nbdesk.ui.controller import Controller
+from nbdesk.ui.labels import WrappedTextLabel
 from nbdesk.ui.library_view import LibraryView
 from nbdesk.ui.message_bar import MessageBar
 from nbdesk.ui.queue_view import QueueView
@@ -69,8 +70,7 @@ class MainWindow(QMainWindow):
         self.viewer = ImageViewer(controller, self.thumbnails)
         self.library = LibraryView(controller, self.thumbnails, icon_size=GRID_ICON)
         self.messages = MessageBar()
-        self.welcome = QLabel(WELCOME)
-        self.welcome.setWordWrap(True)
+        self.welcome = WrappedTextLabel(WELCOME)  # (word-wrapped)
         self.welcome.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.welcome.setMargin(32)
         self.welcome.setObjectName("welcome")
