@@ -16,6 +16,8 @@ class StallMonitor(QObject):
         self.interval = interval_ms / 1000
         self.gaps: list[float] = []
         self._last = 0.0
+        self._cpu0 = 0.0
+        self.cpu_s: float | None = None  # the GUI thread's CPU time from start to stop
         self._timer = QTimer(self)
         self._timer.setTimerType(Qt.TimerType.PreciseTimer)
         self._timer.setInterval(interval_ms)
@@ -24,10 +26,13 @@ class StallMonitor(QObject):
     def start(self) -> None:
         self.gaps.clear()
         self._last = time.perf_counter()
+        self._cpu0 = time.thread_time()
+        self.cpu_s = None
         self._timer.start()
 
     def stop(self) -> None:
         self._timer.stop()
+        self.cpu_s = time.thread_time() - self._cpu0
 
     def _tick(self) -> None:
         now = time.perf_counter()
@@ -43,6 +48,7 @@ class StallMonitor(QObject):
             "max_stall_ms": round(stalls[-1], 1),
             "p99_stall_ms": round(stalls[min(len(stalls) - 1, int(len(stalls) * 0.99))], 1),
             "ticks": len(stalls),
+            **({} if self.cpu_s is None else {"gui_cpu_s": round(self.cpu_s, 2)}),
         }
 
 

@@ -88,6 +88,8 @@ PathRole = Qt.ItemDataRole.UserRole + 3
 MIME_IDS = "application/x-nbdesk-item-ids"
 EMPTY_TEXT = "No images yet — write a prompt and press Ctrl+Enter, or try Demo"
 NO_MATCH_TEXT = "No images match the search and filters"
+#: new images are inserted into the grid at most this often (s); see add_items
+ADD_INTERVAL = 0.25
 DATE_CHOICES: tuple[tuple[str, int | None], ...] = (
     ("Any date", None), ("Today", 0), ("Last 7 days", 7), ("Last 30 days", 30),
 )
@@ -191,6 +193,7 @@ class LibraryModel(QAbstractListModel):
         self.first_screen = 24
         self._adding: list[int] = []  # ids announced by add_items, not inserted yet
         self._add_pending = False
+        self._last_add = 0.0  # when add_items last inserted rows (time.monotonic)
         self.loaded_once = False
         #: how many items were fetched from the database (lazy loading is measurable)
         self.fetched = 0
@@ -411,7 +414,9 @@ class LibraryModel(QAbstractListModel):
         try:
             import asyncio
 
-            await asyncio.sleep(0)  # take every id announced in this turn in one go
+            # Take every id announced meanwhile in one go: the next insertion comes
+            # ADD_INTERVAL after the last (each one re-lays out and repaints the grid).
+            await asyncio.sleep(max(0.0, self._last_add + ADD_INTERVAL - time.monotonic()))
             ids, self._adding = self._adding, []
             self._add_pending = False
             items = await self.controller.items_by_id(ids)
@@ -431,6 +436,7 @@ class LibraryModel(QAbstractListModel):
                                    > (new[-1].completed_at, new[-1].id)))):
             self.reload()
             return
+        self._last_add = time.monotonic()
         self.beginInsertRows(QModelIndex(), 0, len(new) - 1)
         self._ids[0:0] = [it.id for it in new]
         self._reindex()

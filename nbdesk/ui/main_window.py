@@ -163,9 +163,9 @@ class MainWindow(QMainWindow):
         """Step 3: the other panels, the menus' actions, the status bar's labels; from
         now on every panel works through ``controller``."""
         from PySide6.QtCore import Qt
-        from PySide6.QtWidgets import QLabel
 
         from nbdesk.ui.composer import Composer
+        from nbdesk.ui.labels import WrappedTextLabel
         from nbdesk.ui.queue_view import QueueView
         from nbdesk.ui.viewer import ImageViewer
 
@@ -174,8 +174,7 @@ class MainWindow(QMainWindow):
         self.composer = Composer(controller)
         self.queue = QueueView(controller)
         self.viewer = ImageViewer(controller, self.thumbnails)
-        self.welcome = QLabel(WELCOME)
-        self.welcome.setWordWrap(True)
+        self.welcome = WrappedTextLabel(WELCOME)  # (word-wrapped)
         self.welcome.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.welcome.setMargin(32)
         self.welcome.setObjectName("welcome")

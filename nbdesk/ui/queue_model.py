@@ -66,15 +66,29 @@ class JobsModel(QAbstractTableModel):
         self._rows = {j.id: i for i, j in enumerate(self._jobs)}
 
     def upsert(self, job: Job) -> None:
-        row = self._rows.get(job.id)
-        if row is None:
-            self.beginInsertRows(QModelIndex(), 0, 0)
-            self._jobs.insert(0, job)
+        self.upsert_many([job])
+
+    def upsert_many(self, jobs: list[Job]) -> None:
+        """Apply job events in the order they came (at most one per job): known rows
+        change in one signal over their span, new jobs go on top (the last one first),
+        in one insertion."""
+        changed: list[int] = []
+        new: list[Job] = []
+        for job in jobs:
+            row = self._rows.get(job.id)
+            if row is None:
+                new.append(job)
+            else:
+                self._jobs[row] = job
+                changed.append(row)
+        if changed:
+            self.dataChanged.emit(self.index(min(changed), 0),
+                                  self.index(max(changed), len(COLUMNS) - 1))
+        if new:
+            self.beginInsertRows(QModelIndex(), 0, len(new) - 1)
+            self._jobs[0:0] = reversed(new)
             self._reindex()
             self.endInsertRows()
-            return
-        self._jobs[row] = job
-        self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
 
     def remove_ids(self, ids: set[str]) -> None:
         for row in sorted((self._rows[i] for i in ids if i in self._rows), reverse=True):

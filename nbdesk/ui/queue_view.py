@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
@@ -28,6 +30,9 @@ from nbdesk.ui.queue_model import (
     STATE,
     JobsModel,
 )
+
+#: job events are applied to the table at most this often (ms)
+FLUSH_MS = 100
 
 
 class QueueView(QWidget):
@@ -96,6 +101,14 @@ class QueueView(QWidget):
         layout.addLayout(bar)
         layout.addWidget(self.table, 1)
 
+        # Job events are applied at most every FLUSH_MS (the first one after a quiet
+        # spell at once): with hundreds of jobs in flight, one repaint of the table per
+        # event kept the GUI thread busy.
+        self._pending: dict[str, Job] = {}
+        self._last_flush = 0.0
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.timeout.connect(self.flush)
         controller.jobChanged.connect(self._on_job)
         controller.jobsReset.connect(self.reload)
         self._ticker = QTimer(self)
@@ -121,14 +134,27 @@ class QueueView(QWidget):
 
     def reload(self) -> None:
         async def run() -> None:
-            self.model.set_jobs(await self.controller.jobs())
+            jobs = await self.controller.jobs()
+            self.flush()  # events that came before: the fresh list supersedes them
+            self.model.set_jobs(jobs)
             self._update_actions()
             self._update_title()
 
         self.controller.spawn(run(), what="loading the queue")
 
     def _on_job(self, job: Job) -> None:
-        self.model.upsert(job)
+        self._pending[job.id] = job  # its latest state, in the order jobs first came
+        if not self._flush_timer.isActive():
+            wait = self._last_flush + FLUSH_MS / 1000 - time.monotonic()
+            self._flush_timer.start(max(0, round(wait * 1000)))
+
+    def flush(self) -> None:
+        """Apply the job events received so far."""
+        self._flush_timer.stop()
+        self._last_flush = time.monotonic()
+        jobs, self._pending = list(self._pending.values()), {}
+        if jobs:
+            self.model.upsert_many(jobs)
         self._update_actions()
         self._update_title()
 
@@ -161,6 +187,8 @@ class QueueView(QWidget):
 
     def remove(self) -> None:
         ids = {j.id for j in self.selected_jobs() if not j.state.active}
+        for job_id in ids:
+            self._pending.pop(job_id, None)
         self.model.remove_ids(ids)
         self.controller.remove(sorted(ids))
         self._update_actions()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from pytestqt.qtbot import QtBot
 from nbdesk.core.jobs import JobParams, JobSpec, RefRecord
 from nbdesk.core.library import Item, Library, make_owner
 from nbdesk.ui.library_view import (
+    ADD_INTERVAL,
     EMPTY_TEXT,
     MIME_IDS,
     NO_MATCH_TEXT,
@@ -418,3 +420,31 @@ def test_first_screen_ready_once_items_and_thumbnails_are_in(
     view.model.reload()  # later reloads do not announce it again
     qtbot.waitUntil(lambda: not view.model.is_loading(), timeout=10_000)
     assert seen == [True]
+
+
+def test_new_items_in_quick_succession_are_inserted_together(
+    qtbot: QtBot, ui_env: UiEnv
+) -> None:
+    """The first announcement after a quiet spell is inserted at once; those that come
+    within ADD_INTERVAL of it wait and go in with one insertion (each insertion re-lays
+    out and repaints the whole grid)."""
+    lib = ui_env.rt.library
+    old = add_item(lib, "old picture")
+    view = make_view(qtbot, ui_env)
+    wait_items(qtbot, view)
+    inserted: list[tuple[int, int]] = []
+    view.model.rowsInserted.connect(lambda _p, first, last: inserted.append((first, last)))
+    c = ui_env.controller
+    a, b, d = (add_item(lib, f"new picture {n}") for n in range(3))
+    with qtbot.waitSignal(view.model.reloaded, timeout=10_000):
+        c.itemsAdded.emit([a])
+    assert inserted == [(0, 0)]
+    started = time.monotonic()
+    with qtbot.waitSignal(view.model.reloaded, timeout=10_000):
+        c.itemsAdded.emit([b])
+        run_async(qtbot, asyncio.sleep(0.01))  # another turn of the loop: still waiting
+        assert inserted == [(0, 0)]
+        c.itemsAdded.emit([d])
+    assert time.monotonic() - started >= ADD_INTERVAL / 2
+    assert inserted == [(0, 0), (0, 1)]
+    assert rows(view) == [d, b, a, old]

@@ -92,3 +92,24 @@ def test_remove_keeps_the_image(qtbot: QtBot, ui_env: UiEnv) -> None:
     qtbot.waitUntil(lambda: not any(j.id == job.id for j in ui_env.rt.library.jobs()),
                     timeout=5000)
     assert len(ui_env.rt.library.items()) == 1
+
+
+def test_a_burst_of_job_events_reaches_the_table_in_one_go(
+    qtbot: QtBot, ui_env: UiEnv
+) -> None:
+    """Events that come while the panel waits for its next update are applied together:
+    five new jobs are one insertion (newest on top), not five."""
+    view = QueueView(ui_env.controller)
+    qtbot.addWidget(view)
+    ui_env.controller.set_paused(True)  # the jobs stay queued: one event each
+    inserted: list[tuple[int, int]] = []
+    view.model.rowsInserted.connect(lambda _p, first, last: inserted.append((first, last)))
+    jobs = run_async(qtbot, ui_env.controller.submit(SPEC, 5))
+    qtbot.waitUntil(lambda: view.model.rowCount() == 5, timeout=5000)
+    assert inserted == [(0, 4)]
+    assert [view.model.job(r).id for r in range(5)] == [j.id for j in reversed(jobs)]
+    assert view.title.text() == "<b>Queue</b> — 5 running"
+    ui_env.controller.cancel_all()
+    qtbot.waitUntil(lambda: all(state_of(view, j.id) == "cancelled" for j in jobs),
+                    timeout=5000)
+    assert inserted == [(0, 4)] and view.title.text() == "<b>Queue</b>"
