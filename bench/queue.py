@@ -244,8 +244,10 @@ def main(mode: str, profile: bool) -> dict[str, Any]:
         import qasync
         from PySide6.QtWidgets import QApplication
 
+        from nbdesk.app import tune_process
         from nbdesk.ui.main_window import apply_app_style
 
+        tune_process()  # the app's process settings, as nbdesk.app.main applies them
         app = QApplication([sys.argv[0]])
         app.setQuitOnLastWindowClosed(False)
         apply_app_style(app)

@@ -21,13 +21,14 @@ def run(home: Path, cache: str, profile: bool = False) -> dict[str, float]:
     from PySide6.QtWidgets import QApplication
 
     from bench.stall import StallMonitor, StallSampler, rss_mb
-    from nbdesk.app import settle_heap
+    from nbdesk.app import settle_heap, tune_process
     from nbdesk.core.runtime import Runtime
     from nbdesk.ui.controller import Controller
     from nbdesk.ui.main_window import MainWindow, apply_app_style
 
     if cache == "cold":
         shutil.rmtree(home / "thumbnails", ignore_errors=True)
+    tune_process()  # the app's process settings, as nbdesk.app.main applies them
     app = QApplication([sys.argv[0]])
     app.setQuitOnLastWindowClosed(False)
     apply_app_style(app)

@@ -27,9 +27,11 @@ def run(n: int, first: str) -> dict[str, Any]:
     from PySide6.QtGui import QGuiApplication, QImageReader
 
     from bench.datasets import thumbs2k
+    from nbdesk.app import tune_process
     from nbdesk.ui.main_window import GRID_ICON
     from nbdesk.ui.thumbnails import ThumbnailCache, scaled_size
 
+    tune_process()  # the app's process settings (both the cache and the raw decode)
     app = QGuiApplication([sys.argv[0]])
     root = OUT / "thumbs2k"
     entries = thumbs2k(n)[:n]

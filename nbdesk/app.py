@@ -118,6 +118,21 @@ class _Opener:
         return self._page
 
 
+#: The GIL's switch interval in the app (Python's default: 5 ms). Every call from Qt's
+#: C++ into Python (a model's data(), a delegate's paint, a timer) needs the GIL; while
+#: a worker thread (the database, downloads, thumbnails, the opener) holds it, the GUI
+#: thread waits up to this long for each. A GUI wants short waits more than throughput.
+SWITCH_INTERVAL = 0.001
+
+
+def tune_process() -> float:
+    """Apply the app's process settings (``SWITCH_INTERVAL``); returns the previous
+    switch interval. The benchmarks that build the window themselves call it too."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    return previous
+
+
 def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     """``files``: image paths to open (the command line's, "Open with nbdesk").
 
@@ -125,6 +140,14 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     but Qt is imported; then the library grid, with its first page read on another
     thread meanwhile; once its first screen is drawn, the other panels, the asyncio
     loop, the engine, and last the HTTP client and resumed jobs."""
+    previous = tune_process()
+    try:
+        return _start(argv, files)
+    finally:  # (main may run inside another program: its tests)
+        sys.setswitchinterval(previous)
+
+
+def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     from PySide6.QtWidgets import QApplication, QMessageBox
 
     from nbdesk.core.paths import Paths
@@ -150,11 +173,6 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     # 1. the frame
     window = MainWindow(layout_file=Paths.resolve().settings_file.parent / "window.ini")
     window.show()
-    # The opener thread holds the GIL most of the time now; each of the GUI thread's
-    # Python callbacks (an event filter, a paint) would wait up to the switch interval
-    # (5 ms) for it: shorter while the window starts.
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
     opener = _Opener()
     _pump(0.5, painted=window, signals=[window.closed])
 
@@ -166,7 +184,6 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
     try:
         rt = opener.runtime()
     except LibraryError as exc:
-        sys.setswitchinterval(switch_interval)
         QMessageBox.critical(window, "nbdesk", str(exc))
         window.close()
         return 3
@@ -185,13 +202,11 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
                   until=lambda: library.first_screen_shown)
             # (never painted, e.g. minimized: the timeouts let the start go on)
             _pump(0.2, painted=library.list.viewport(), signals=[window.closed])
-        sys.setswitchinterval(switch_interval)
         setup_logging(rt.paths)
         if window.was_closed:
             return 0
         return _run(app, rt, window, files)
     finally:
-        sys.setswitchinterval(switch_interval)
         rt.close()
 
 

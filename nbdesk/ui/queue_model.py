@@ -19,6 +19,10 @@ from nbdesk.core.jobs import Job, JobState
 COLUMNS = ("State", "Prompt", "Provider / model", "Elapsed", "Progress", "Cost")
 STATE, PROMPT, PROVIDER, ELAPSED, PROGRESS, COST = range(len(COLUMNS))
 JobRole = Qt.ItemDataRole.UserRole + 1
+#: the roles data() answers (plain ints: a set lookup, no enum comparisons)
+_ANSWERED = frozenset(int(r) for r in (
+    Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.ForegroundRole,
+    Qt.ItemDataRole.TextAlignmentRole, JobRole))
 Index = QModelIndex | QPersistentModelIndex
 
 _STATE_COLOURS = {
@@ -131,7 +135,9 @@ class JobsModel(QAbstractTableModel):
         return None
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
+        # The table's delegate asks for a dozen roles per cell on every repaint; most
+        # have no answer here: say so before anything else (and before any call to C++).
+        if role not in _ANSWERED or not index.isValid():
             return None
         job = self._jobs[index.row()]
         col = index.column()

@@ -32,7 +32,7 @@ from nbdesk.ui.queue_model import (
 )
 
 #: job events are applied to the table at most this often (ms)
-FLUSH_MS = 100
+FLUSH_MS = 250
 
 
 class QueueView(QWidget):

@@ -186,11 +186,13 @@ def test_a_window_closed_while_it_starts_ends_the_app_in_order(
     import nbdesk.ui.main_window as mw
 
     built: list[mw.MainWindow] = []
+    intervals: list[float] = []
 
     class ClosedAtOnce(mw.MainWindow):
         def show(self) -> None:
             super().show()
             built.append(self)
+            intervals.append(sys.getswitchinterval())
             self.close()  # before its library is even opened
 
     monkeypatch.setenv("NBDESK_HOME", str(ui_env.home))
@@ -199,6 +201,7 @@ def test_a_window_closed_while_it_starts_ends_the_app_in_order(
     assert app_module.main() == 0
     (window,) = built
     assert window.was_closed and not hasattr(window, "library") and not window.attached
+    assert intervals == [app_module.SWITCH_INTERVAL]  # the app's, while it ran
     assert sys.getswitchinterval() == interval
     # the layout it saved is readable by the next start
     assert (ui_env.rt.paths.settings_file.parent / "window.ini").is_file()
