@@ -124,10 +124,11 @@ def main(argv: Sequence[str]) -> int:
     base = main_window.MainWindow
 
     class DrivenWindow(base):  # type: ignore[misc, valid-type]
-        """The app's main window plus a scripted user, started once the window exists."""
+        """The app's main window plus a scripted user, started once the window has its
+        controller (the app builds its window in steps: frame, grid, then the rest)."""
 
-        def __init__(self, controller: Any) -> None:
-            super().__init__(controller)
+        def attach(self, controller: Any) -> None:
+            super().attach(controller)
             script = _submit if args.mode == "submit" else _resume
             self._script = asyncio.ensure_future(script(self, args))
             self._script.add_done_callback(self._script_done)
