@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench import datasets
@@ -228,6 +229,22 @@ RUNNERS: dict[str, Callable[[int], tuple[list[Row], dict[str, Any]]]] = {
 # ---------------------------------------------------------------------------- output
 
 
+def cpu_times() -> tuple[float, float]:
+    """(all CPU time, the part stolen by the hypervisor) in jiffies since boot, from
+    /proc/stat; (0, 0) where there is none. On a shared VM, steal is time this machine's
+    CPUs wanted to run and could not: it moves every figure, whatever the load average."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+    return sum(fields[:8]), (fields[7] if len(fields) > 7 else 0.0)
+
+
+def steal_percent(start: tuple[float, float], end: tuple[float, float]) -> float | None:
+    total, steal = end[0] - start[0], end[1] - start[1]
+    return None if total <= 0 else round(100 * steal / total, 1)
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with open("/proc/cpuinfo") as fh:
@@ -285,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in SCENARIOS if not only or s in only]
     t_all = time.perf_counter()
     load_start = os.getloadavg()[0]
+    cpu_start = cpu_times()
     OUT.mkdir(parents=True, exist_ok=True)
     log("building the data sets (cached under bench/out/)")
     datasets.build_all(set(chosen), log=log)
@@ -296,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0]
         log(f"{name}: {reps} repetition(s); load average {load:.1f}")
         t0 = time.perf_counter()
+        cpu0 = cpu_times()
         try:
             scenario_rows, raw[name] = RUNNERS[name](reps)
         except Exception as exc:
@@ -306,18 +325,21 @@ def main(argv: list[str] | None = None) -> int:
         raw[name]["seconds"] = round(time.perf_counter() - t0, 1)
         raw[name]["load_before"] = round(load, 2)
         raw[name]["load_after"] = round(os.getloadavg()[0], 2)
+        raw[name]["steal_percent"] = steal_percent(cpu0, cpu_times())
         rows += scenario_rows
         for r in scenario_rows:
             log(f"  {r.measure}: {fmt_value(r)} ({r.baseline})")
         log(f"{name}: done in {time.perf_counter() - t0:.0f} s")
     info = machine()
+    steal = steal_percent(cpu_start, cpu_times())
     text = table(rows)
     print(f"\nnbdesk bench — {'quick' if args.quick else 'full'} run, "
           f"{time.perf_counter() - t_all:.0f} s; {info['cpu']}, {info['cores']} cores, "
           f"{info['ram_gb']} GB RAM; Python {info['python']}, PySide6 {info['pyside6']}, "
           f"QT_QPA_PLATFORM={info['qt_platform'].split(':')[0]}; load average "
-          f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (other "
-          f"processes on the machine move every figure)\n")
+          f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+          + ("" if steal is None else f"; CPU time stolen by the hypervisor {steal:.1f} %")
+          + " (other processes on the machine move every figure)\n")
     print(text)
     if failed:
         print(f"\nFAILED: {', '.join(failed)} (see bench/out/results.json)")
@@ -325,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "mode": "quick" if args.quick else "full",
         "seconds": round(time.perf_counter() - t_all, 1), "machine": info,
         "load_average": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
+        "steal_percent": steal,
         "table": [asdict(r) for r in rows], "scenarios": raw, "failed": failed,
     }
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
