@@ -36,38 +36,57 @@ def first_paint(widget: QWidget) -> asyncio.Future[None]:
     return future
 
 
-def _on_first_paint(widget: QWidget, callback: Callable[[], None]) -> None:
-    """``callback()`` once ``widget`` has been painted (after that paint is done)."""
+def _on_first_paint(widget: QWidget, callback: Callable[[], None]) -> Callable[[], None]:
+    """``callback()`` once ``widget`` has been painted (after that paint is done).
+    Returns a function that stops watching (if it has not fired yet)."""
     from PySide6.QtCore import QEvent, QObject, QTimer
+    from shiboken6 import isValid
 
     class Watch(QObject):
         def eventFilter(self, obj: QObject, event: QEvent) -> bool:
             if event.type() == QEvent.Type.Paint:
                 QTimer.singleShot(0, callback)
-                widget.removeEventFilter(self)
-                self.deleteLater()
+                stop()
             return False
 
-    widget.installEventFilter(Watch(widget))
+    watch = Watch(widget)
+
+    def stop() -> None:
+        if isValid(watch) and isValid(widget):
+            widget.removeEventFilter(watch)
+            watch.deleteLater()
+
+    widget.installEventFilter(watch)
+    return stop
 
 
 def _pump(timeout: float, *, painted: QWidget | None = None,
           signals: Sequence[SignalInstance] = (), until: Callable[[], bool] | None = None,
           ) -> None:
     """Run Qt's event loop (there is no asyncio loop yet) until ``painted`` has been
-    painted, one of ``signals`` is emitted, ``until()`` holds, or ``timeout`` seconds
-    have passed."""
+    painted, one of ``signals`` is emitted, ``until()`` holds (checked every 2 ms), or
+    ``timeout`` seconds have passed."""
     from PySide6.QtCore import QEventLoop, QTimer
 
     if until is not None and until():
         return
     loop = QEventLoop()
     QTimer.singleShot(int(timeout * 1000), loop, loop.quit)
+    if until is not None:  # (a condition another thread may make true: looked at often)
+        poll = QTimer(loop)
+        poll.timeout.connect(lambda: loop.quit() if until() else None)
+        poll.start(2)
     for signal in signals:
         signal.connect(loop.quit)
-    if painted is not None:
-        _on_first_paint(painted, loop.quit)
-    loop.exec()
+    stop = None if painted is None else _on_first_paint(painted, loop.quit)
+    try:
+        loop.exec()
+    finally:  # nothing of this wait outlives it
+        if stop is not None:
+            stop()
+        for signal in signals:
+            with contextlib.suppress(RuntimeError):
+                signal.disconnect(loop.quit)
 
 
 class _Opener:
@@ -98,11 +117,14 @@ class _Opener:
         try:
             self._page = self.rt.library.first_page()
         except Exception:  # the grid reads it again the usual way, and reports errors
-            import logging  # (the GUI thread has imported it by now)
+            import logging  # (loaded with the core already)
 
             logging.getLogger(__name__).exception("reading the first page of the library")
         finally:
             self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def runtime(self) -> Runtime:
         """The runtime; raises what opening it raised (LibraryError: the library cannot
@@ -181,12 +203,18 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     from nbdesk.core.runtime import setup_logging
     from nbdesk.ui.library_view import LibraryView  # noqa: F401  (imported while it opens)
 
+    while not opener.done():  # the frame stays responsive meanwhile (the database may
+        _pump(1.0, until=opener.done)  # be locked by another nbdesk process for a while)
     try:
         rt = opener.runtime()
     except LibraryError as exc:
         QMessageBox.critical(window, "nbdesk", str(exc))
         window.close()
         return 3
+    except Exception as exc:  # a bug, or the system's: said, then reported as the CLI does
+        QMessageBox.critical(window, "nbdesk", f"nbdesk could not start: {exc}")
+        window.close()
+        raise
     try:
         from nbdesk.ui.crash import CrashHandler
 
@@ -201,7 +229,8 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
             _pump(0.3, signals=[library.firstScreenReady, window.closed],
                   until=lambda: library.first_screen_shown)
             # (never painted, e.g. minimized: the timeouts let the start go on)
-            _pump(0.2, painted=library.list.viewport(), signals=[window.closed])
+            shown = library.empty_label if library.is_empty_state() else library.list.viewport()
+            _pump(0.2, painted=shown, signals=[window.closed], until=lambda: window.was_closed)
         setup_logging(rt.paths)
         if window.was_closed:
             return 0
@@ -227,6 +256,8 @@ def _run(app: QApplication, rt: Runtime, window: MainWindow, files: Sequence[str
     window.closed.connect(closed.set)
 
     async def run() -> None:
+        if window.was_closed:  # (closed as this step began: the engine need not start)
+            return
         async with rt.engine(take_over=True, resume=True, start=False) as engine:
             window.attach(Controller(rt, engine))
             window_ready(window, files)
@@ -235,6 +266,8 @@ def _run(app: QApplication, rt: Runtime, window: MainWindow, files: Sequence[str
             # A submit before that still works (the client is made then).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(first_paint(window), 0.5)
+            if closed.is_set():
+                return
             await start_engine(engine, resume=True)
             asyncio.get_running_loop().call_later(1.0, settle_heap)
             await closed.wait()

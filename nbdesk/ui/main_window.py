@@ -103,6 +103,8 @@ class MainWindow(QMainWindow):
         # when the rest arrives.
         bar = self.menuBar()
         self._menus = {key: bar.addMenu(title) for key, title in MENUS}
+        for menu in self._menus.values():  # greyed until attach fills them
+            menu.menuAction().setEnabled(False)
         self.statusBar().showMessage("Opening the library…")
         self._restore_geometry()
         if controller is not None:
@@ -186,6 +188,8 @@ class MainWindow(QMainWindow):
                 placeholder.deleteLater()
 
         self._build_menus()
+        for menu in self._menus.values():
+            menu.menuAction().setEnabled(True)
         self._build_status_bar()
         self._tray = self._make_tray()
 

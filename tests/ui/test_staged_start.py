@@ -46,6 +46,8 @@ def test_the_grid_shows_its_first_page_before_the_controller_arrives(
     window = frame(qtbot, ui_env)
     assert window.statusBar().currentMessage() == "Opening the library…"
     assert not window.attached and not hasattr(window, "library")
+    menus = [a for a in window.menuBar().actions() if a.menu() is not None]
+    assert len(menus) == 4 and not any(a.isEnabled() for a in menus)  # empty until attach
 
     window.add_library(ui_env.rt.paths.thumbnails, preload=lambda: lib.first_page())
     grid = window.library
@@ -66,6 +68,7 @@ def test_the_grid_shows_its_first_page_before_the_controller_arrives(
 
     window.attach(ui_env.controller)
     assert window.attached and window.statusBar().currentMessage() == ""
+    assert all(a.isEnabled() for a in menus)
     assert isinstance(window.left.widget(0), Composer)
     assert isinstance(window.left.widget(1), QueueView)
     assert window.viewer_stack.currentWidget() is window.welcome
@@ -205,3 +208,57 @@ def test_a_window_closed_while_it_starts_ends_the_app_in_order(
     assert sys.getswitchinterval() == interval
     # the layout it saved is readable by the next start
     assert (ui_env.rt.paths.settings_file.parent / "window.ini").is_file()
+
+
+def test_a_window_closed_while_its_grid_is_built_ends_the_app_without_the_engine(
+    qtbot: QtBot, ui_env: UiEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbdesk.app as app_module
+    import nbdesk.ui.main_window as mw
+
+    add_item(ui_env.rt.library, "shown, then closed")
+    built: list[mw.MainWindow] = []
+
+    class ClosedWithItsGrid(mw.MainWindow):
+        def add_library(self, *args: object, **kwargs: object) -> None:
+            super().add_library(*args, **kwargs)  # type: ignore[arg-type]
+            built.append(self)
+            self.close()
+
+    started: list[object] = []
+    monkeypatch.setattr("nbdesk.core.runtime.start_engine",
+                        lambda *a, **k: started.append(a))  # must not be reached
+    monkeypatch.setenv("NBDESK_HOME", str(ui_env.home))
+    monkeypatch.setattr(mw, "MainWindow", ClosedWithItsGrid)
+    assert app_module.main() == 0
+    (window,) = built
+    assert window.was_closed and not window.attached and started == []
+    assert window.library.model.rowCount() == 1  # its first page was shown
+
+
+def test_an_empty_library_does_not_hold_the_start_up(
+    qtbot: QtBot, ui_env: UiEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no images the grid shows its empty-state text: the start goes on once that
+    is painted, not after the wait for a viewport that is never shown."""
+    import time
+
+    import nbdesk.app as app_module
+    import nbdesk.ui.main_window as mw
+
+    marks: dict[str, float] = {}
+
+    class Timed(mw.MainWindow):
+        def add_library(self, *args: object, **kwargs: object) -> None:
+            super().add_library(*args, **kwargs)  # type: ignore[arg-type]
+            marks["grid"] = time.monotonic()
+
+    def step_3(*_args: object) -> int:  # (the asyncio loop and the engine: not here)
+        marks["step 3"] = time.monotonic()
+        return 0
+
+    monkeypatch.setenv("NBDESK_HOME", str(ui_env.home))
+    monkeypatch.setattr(mw, "MainWindow", Timed)
+    monkeypatch.setattr(app_module, "_run", step_3)
+    assert app_module.main() == 0
+    assert marks["step 3"] - marks["grid"] < 0.1  # the viewport's wait: 0.2 s
