@@ -343,12 +343,15 @@ class LibraryModel(QAbstractListModel):
             self._changed(min(rows), max(rows))
         if self._prefetch_first and self._ids and self._ids[0] in self._items:
             self._prefetch_first = False
-            # The first screen's thumbnails: queued in reverse, so the loads (newest
-            # request first) go from the top row down; rows painted later jump ahead.
-            first = [self._items[i] for i in self._ids[:self.first_screen] if i in self._items]
-            for item in reversed(first):
-                self.thumbnails.get(item.id, item.path, item.sha256)
+            self._request_first_screen()
         self.pageLoaded.emit()
+
+    def _request_first_screen(self) -> None:
+        """The first screen's thumbnails, queued in reverse: the loads (newest request
+        first) go from the top row down; rows painted later jump ahead."""
+        first = [self._items[i] for i in self._ids[:self.first_screen] if i in self._items]
+        for item in reversed(first):
+            self.thumbnails.get(item.id, item.path, item.sha256)
 
     def _decoration(self, item: Item) -> QPixmap:
         pixmap = self._pixmaps.get(item.id)
@@ -480,10 +483,7 @@ class LibraryModel(QAbstractListModel):
             if item is not None:
                 self._items[item_id] = item
         self._pages.add(0)
-        # top row first: queued in reverse, as the thumbnail loads go newest first
-        first = [self._items[i] for i in ids[:self.first_screen] if i in self._items]
-        for item in reversed(first):
-            self.thumbnails.get(item.id, item.path, item.sha256)
+        self._request_first_screen()
         self.pageLoaded.emit()
 
     async def _run_reload(self) -> None:
