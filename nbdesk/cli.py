@@ -11,7 +11,6 @@ import asyncio
 import getpass
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -516,9 +515,8 @@ def entry(argv: Sequence[str] | None = None) -> NoReturn:
     """``main``, then exit (``nbdesk.launcher.entry`` is the process's entry point: it
     opens the desktop app itself and hands every other command line to this)."""
     code = main(argv)
-    if _left_the_app:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    if _left_the_app:  # (`nbdesk gui -v`: the app ran from here)
+        from nbdesk.launcher import leave_after_app
+
+        leave_after_app(code)
     sys.exit(code)

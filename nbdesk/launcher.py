@@ -30,14 +30,7 @@ def gui_files(argv: Sequence[str]) -> list[str] | None:
 
 
 def entry(argv: Sequence[str] | None = None) -> NoReturn:
-    """Run nbdesk and exit.
-
-    After the desktop app, which has shut down in order by then (engine stopped, library
-    closed, settings saved), the process leaves without the interpreter's teardown: a
-    keychain call still hanging in its worker thread (a daemon, never joined, so that a
-    dead keychain cannot keep the app from quitting) would be unwound inside Qt's C++
-    code by that teardown, which aborts the process ("FATAL: exception not rethrown",
-    SIGABRT, seen in CI)."""
+    """Run nbdesk and exit (after the desktop app: ``leave_after_app``)."""
     args = sys.argv[1:] if argv is None else list(argv)
     files = gui_files(args)
     if files is None:
@@ -54,6 +47,16 @@ def entry(argv: Sequence[str] | None = None) -> NoReturn:
         from nbdesk.cli import exit_code_for
 
         code = exit_code_for(exc)
+    leave_after_app(code)
+
+
+def leave_after_app(code: int) -> NoReturn:
+    """End the process once the desktop app has shut down in order (engine stopped,
+    library closed, settings saved), without the interpreter's teardown: a keychain call
+    still hanging in its worker thread (a daemon, never joined, so that a dead keychain
+    cannot keep the app from quitting) would be unwound inside Qt's C++ code by that
+    teardown, which aborts the process ("FATAL: exception not rethrown", SIGABRT, seen
+    in CI)."""
     if "logging" in sys.modules:
         import logging
 
