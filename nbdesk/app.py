@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # imported as each step of the start needs them (see main)
     import asyncio
 
     from PySide6.QtCore import SignalInstance
-    from PySide6.QtWidgets import QApplication, QWidget
+    from PySide6.QtWidgets import QApplication
 
     from nbdesk.core.library import FirstPage
     from nbdesk.core.runtime import Runtime
@@ -27,45 +27,34 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def first_paint(widget: QWidget) -> asyncio.Future[None]:
-    """A future resolved once ``widget`` has been painted for the first time."""
+def first_paint(window: MainWindow) -> asyncio.Future[None]:
+    """A future resolved once ``window`` has painted again."""
     import asyncio
 
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    _on_first_paint(widget, lambda: None if future.done() else future.set_result(None))
+
+    def painted() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    window.painted.connect(painted)
+    future.add_done_callback(lambda _f: _disconnect(window.painted, painted))
     return future
 
 
-def _on_first_paint(widget: QWidget, callback: Callable[[], None]) -> Callable[[], None]:
-    """``callback()`` once ``widget`` has been painted (after that paint is done).
-    Returns a function that stops watching (if it has not fired yet)."""
-    from PySide6.QtCore import QEvent, QObject, QTimer
-    from shiboken6 import isValid
-
-    class Watch(QObject):
-        def eventFilter(self, obj: QObject, event: QEvent) -> bool:
-            if event.type() == QEvent.Type.Paint:
-                QTimer.singleShot(0, callback)
-                stop()
-            return False
-
-    watch = Watch(widget)
-
-    def stop() -> None:
-        if isValid(watch) and isValid(widget):
-            widget.removeEventFilter(watch)
-            watch.deleteLater()
-
-    widget.installEventFilter(watch)
-    return stop
+def _disconnect(signal: SignalInstance, slot: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # (already gone, or its object deleted)
+        signal.disconnect(slot)
 
 
-def _pump(timeout: float, *, painted: QWidget | None = None,
-          signals: Sequence[SignalInstance] = (), until: Callable[[], bool] | None = None,
-          ) -> None:
-    """Run Qt's event loop (there is no asyncio loop yet) until ``painted`` has been
-    painted, one of ``signals`` is emitted, ``until()`` holds (checked every 2 ms), or
-    ``timeout`` seconds have passed."""
+def _pump(timeout: float, *, signals: Sequence[SignalInstance] = (),
+          until: Callable[[], bool] | None = None) -> None:
+    """Run Qt's event loop (there is no asyncio loop yet) until one of ``signals`` is
+    emitted, ``until()`` holds (checked every 2 ms), or ``timeout`` seconds have passed.
+
+    (Waits for a paint are a signal of the window's, not an event filter: a Python event
+    filter makes PySide build every QEvent subclass's type, ~4 ms before the first paint.)
+    """
     from PySide6.QtCore import QEventLoop, QTimer
 
     if until is not None and until():
@@ -78,15 +67,11 @@ def _pump(timeout: float, *, painted: QWidget | None = None,
         poll.start(2)
     for signal in signals:
         signal.connect(loop.quit)
-    stop = None if painted is None else _on_first_paint(painted, loop.quit)
     try:
         loop.exec()
     finally:  # nothing of this wait outlives it
-        if stop is not None:
-            stop()
         for signal in signals:
-            with contextlib.suppress(RuntimeError):
-                signal.disconnect(loop.quit)
+            _disconnect(signal, loop.quit)
 
 
 class _Opener:
@@ -195,8 +180,8 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     # 1. the frame
     window = MainWindow(layout_file=Paths.resolve().settings_file.parent / "window.ini")
     window.show()
-    opener = _Opener()
-    _pump(0.5, painted=window, signals=[window.closed])
+    _pump(0.5, signals=[window.painted, window.closed])
+    opener = _Opener()  # (after the paint: its imports would hold the GIL meanwhile)
 
     # 2. the library grid
     from nbdesk.core.library import LibraryError
@@ -228,9 +213,13 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
             # long: thumbnails not in the cache yet take a while to make.
             _pump(0.3, signals=[library.firstScreenReady, window.closed],
                   until=lambda: library.first_screen_shown)
-            # (never painted, e.g. minimized: the timeouts let the start go on)
+            # Drawn now, before the next step's imports (laid out first: the grid may
+            # have been ready before its layout was done). Never shown, e.g. minimized:
+            # nothing is drawn, and the start goes on.
+            app.sendPostedEvents()
             shown = library.empty_label if library.is_empty_state() else library.list.viewport()
-            _pump(0.2, painted=shown, signals=[window.closed], until=lambda: window.was_closed)
+            if shown.isVisible():
+                shown.repaint()
         setup_logging(rt.paths)
         if window.was_closed:
             return 0

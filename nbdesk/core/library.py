@@ -11,14 +11,12 @@ engine and the window call them from a worker thread, never the GUI thread.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from nbdesk.core.paths import Paths
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE jobs (
@@ -116,8 +114,15 @@ ALTER TABLE items ADD COLUMN turn TEXT NOT NULL DEFAULT '[]';
 CREATE INDEX items_parent ON items(parent_item);
 """
 
+# Version 3: the grid's order (newest first, trash left out) as an index of its own, so
+# the grid's ids are read from the index alone (not a table row per item: 11 -> 7 ms for
+# 10,000 items); every opening and reload of the grid reads them.
+_SCHEMA_V3 = """
+CREATE INDEX items_live_order ON items(completed_at DESC, id DESC) WHERE deleted_at IS NULL;
+"""
+
 #: Each entry upgrades from version (index) to version (index + 1).
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 
 #: UPDATE ... RETURNING (SQLite 3.35+)
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
@@ -197,7 +202,7 @@ def make_owner() -> str:
     """A lease owner id for this process: host, pid and a random suffix."""
     import socket  # (here: the window opens its library before it needs a lease)
 
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
 def owner_alive(owner: str) -> bool:
@@ -237,7 +242,16 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def sha256_hex(data: bytes) -> str:
+    import hashlib  # (here: OpenSSL takes ~10 ms to load, and the window opens its
+    # library before anything is hashed)
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -347,6 +361,8 @@ class Library:
         With ``owner`` the jobs are leased to it from the start, so no other process
         can take them up between their insertion and their first step.
         """
+        import uuid
+
         now = self._clock()
         expires = now + ttl if owner is not None else None
         ids = [str(uuid.uuid4()) for _ in range(count)]
@@ -516,7 +532,7 @@ class Library:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-            digests.append(hashlib.sha256(data).hexdigest())
+            digests.append(sha256_hex(data))
         fsync_dir(self.paths.tmp)
         return digests
 
@@ -602,12 +618,12 @@ class Library:
 
     def import_ref(self, data: bytes, ext: str) -> tuple[str, str]:
         """Copy a reference image into refs/ by content; returns (rel path, sha256)."""
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         rel = f"refs/{digest[:2]}/{digest}.{ext}"
         final = self.root / rel
         if not final.exists():
             final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.paths.tmp / f"ref-{digest}-{uuid.uuid4().hex[:6]}.part"
+            tmp = self.paths.tmp / f"ref-{digest}-{os.urandom(3).hex()}.part"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()

@@ -35,15 +35,12 @@ from PySide6.QtCore import (
     QSize,
     Qt,
     QTimer,
-    QUrl,
     Signal,
 )
 from PySide6.QtGui import (
-    QAction,
     QColor,
     QFontMetrics,
     QImage,
-    QKeySequence,
     QPainter,
     QPalette,
     QPixmap,
@@ -53,14 +50,12 @@ from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListView,
     QProgressBar,
     QStackedWidget,
-    QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
     QVBoxLayout,
@@ -71,8 +66,13 @@ from nbdesk.api.capabilities import PROVIDERS
 from nbdesk.core.library import FirstPage, Item
 from nbdesk.ui.thumbnails import ThumbnailCache
 
-if TYPE_CHECKING:  # the grid is built before asyncio and the engine are imported
+if TYPE_CHECKING:  # the grid is built before asyncio and the engine are imported, and
+    # before the types only its actions and dialogs use (PySide makes a type, and its
+    # enums, on first use: QStyle alone takes 6-12 ms)
     import asyncio
+
+    from PySide6.QtGui import QAction, QKeySequence
+    from PySide6.QtWidgets import QFileDialog
 
     from nbdesk.ui.controller import Controller
 
@@ -119,6 +119,8 @@ def tooltip_for(item: Item) -> str:
 
 def ids_mime(ids: Sequence[int], paths: Sequence[Path]) -> QMimeData:
     """File URLs (drag to the desktop or another app copies the files) plus our ids."""
+    from PySide6.QtCore import QUrl
+
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
     mime.setData(MIME_IDS, json.dumps(list(ids)).encode())
@@ -580,6 +582,8 @@ class _ThumbDelegate(QStyledItemDelegate):
         super().__init__(parent)
         self.icon_size = icon_size
         self.padding = padding
+        #: the grid it paints (its selection)
+        self.parent_view: QListView | None = None
 
     def cell_size(self) -> QSize:
         text_h = QFontMetrics(QApplication.font()).height()
@@ -590,11 +594,18 @@ class _ThumbDelegate(QStyledItemDelegate):
         return self.cell_size()
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
-        widget = option.widget
-        style = widget.style() if widget is not None else QApplication.style()
-        style.drawPrimitive(QStyle.PrimitiveElement.PE_PanelItemViewItem, option, painter,
-                            widget)
+        # The selection is asked of the view and drawn here, as the style's item panel
+        # would draw it: ``option.state`` and ``style()`` would make PySide build the
+        # QStyle type (6-12 ms) before the grid's first screen.
+        view = self.parent_view
+        selected = view is not None and view.selectionModel().isSelected(index)
         rect: QRect = option.rect
+        palette: QPalette = option.palette
+        if selected and view is not None:
+            group = (QPalette.ColorGroup.Disabled if not view.isEnabled()
+                     else QPalette.ColorGroup.Active if view.isActiveWindow()
+                     else QPalette.ColorGroup.Inactive)
+            painter.fillRect(rect, palette.brush(group, QPalette.ColorRole.Highlight))
         pad = self.padding
         square = QRect(rect.left() + pad, rect.top() + pad, self.icon_size, self.icon_size)
         painter.save()
@@ -610,9 +621,6 @@ class _ThumbDelegate(QStyledItemDelegate):
             painter.setPen(QColor(240, 190, 40))
             painter.drawText(square.adjusted(4, 2, -4, 0),
                              Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop, "★")
-        state = option.state
-        selected = bool(state & QStyle.StateFlag.State_Selected)
-        palette: QPalette = option.palette
         painter.setPen(palette.color(
             QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text))
         text_rect = QRect(rect.left() + pad, square.bottom() + pad,
@@ -701,6 +709,7 @@ class LibraryView(QWidget):
         cell = self.delegate.cell_size()
         self.list.setGridSize(QSize(cell.width() + 6, cell.height() + 6))
         self.list.setItemDelegate(self.delegate)
+        self.delegate.parent_view = self.list
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.list.setDragEnabled(True)
         self.list.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
@@ -723,18 +732,6 @@ class LibraryView(QWidget):
         self.progress.setMaximumWidth(220)
         self.progress.setTextVisible(True)
         self.progress.hide()
-
-        # --- actions: shortcuts only where the grid has focus (Del in the search field
-        # deletes text, not images)
-        self.open_action = self._action("Open", self.open_current)
-        self.delete_action = self._action("Delete", self.delete_selected,
-                                          QKeySequence(QKeySequence.StandardKey.Delete))
-        self.export_action = self._action("Export…", self.export_selected,
-                                          QKeySequence("Ctrl+Shift+E"))
-        self.reference_action = self._action("Use as reference", self.use_as_reference,
-                                             QKeySequence("Ctrl+R"))
-        self.favourite_action = self._action("Favourite", self.toggle_favourite,
-                                             QKeySequence("Ctrl+D"))
 
         filters = QHBoxLayout()  # search on its own row: the panel can be narrow
         filters.addWidget(self.search, 1)
@@ -760,6 +757,7 @@ class LibraryView(QWidget):
         self.model.countChanged.connect(self._count_changed)
         self.list.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
         self.first_screen_shown = False
+        self._grid_actions: tuple[QAction, ...] = ()  # made by attach
         for signal in (self.model.reloaded, self.model.pageLoaded, self.thumbnails.ready):
             signal.connect(self._check_first_screen)
         self._update_actions()
@@ -777,19 +775,39 @@ class LibraryView(QWidget):
 
     def attach(self, controller: Controller) -> None:
         self._controller = controller
+        self._build_actions()
         controller.libraryChanged.connect(self.model.reload)
         controller.itemsAdded.connect(self.model.add_items)
         self.model.attach(controller)
 
+    def _build_actions(self) -> None:
+        """The grid's actions (its context menu and shortcuts), made with the controller
+        they act through. Shortcuts only where the grid has focus (Del in the search
+        field deletes text, not images)."""
+        from PySide6.QtGui import QKeySequence
+
+        self.open_action = self._action("Open", self.open_current)
+        self.delete_action = self._action("Delete", self.delete_selected,
+                                          QKeySequence(QKeySequence.StandardKey.Delete))
+        self.export_action = self._action("Export…", self.export_selected,
+                                          QKeySequence("Ctrl+Shift+E"))
+        self.reference_action = self._action("Use as reference", self.use_as_reference,
+                                             QKeySequence("Ctrl+R"))
+        self.favourite_action = self._action("Favourite", self.toggle_favourite,
+                                             QKeySequence("Ctrl+D"))
+        self._grid_actions = (self.open_action, self.delete_action, self.export_action,
+                              self.reference_action, self.favourite_action)
+        self._update_actions()
+
     def _action(self, text: str, slot: Callable[[], object],
                 shortcut: QKeySequence | None = None) -> QAction:
+        from PySide6.QtGui import QAction
+
         action = QAction(text, self.list)
         if shortcut is not None:
             action.setShortcut(shortcut)
         action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        # (no controller yet while the window starts: the grid shows, its actions wait)
-        action.triggered.connect(
-            lambda _checked=False: None if self._controller is None else slot())
+        action.triggered.connect(lambda _checked=False: slot())
         self.list.addAction(action)
         return action
 
@@ -897,8 +915,7 @@ class LibraryView(QWidget):
 
     def _update_actions(self) -> None:
         has = bool(self.list.selectionModel().selectedIndexes())
-        for action in (self.open_action, self.delete_action, self.export_action,
-                       self.reference_action, self.favourite_action):
+        for action in self._grid_actions:  # (none until attach)
             action.setEnabled(has)
 
     def selected_ids(self) -> list[int]:
@@ -972,6 +989,8 @@ class LibraryView(QWidget):
 
     def export_selected(self) -> QFileDialog | None:
         """Ask for a folder without blocking (``open()``), then copy the originals."""
+        from PySide6.QtWidgets import QFileDialog
+
         ids = self.selected_ids()
         if not ids:
             return None

@@ -17,7 +17,7 @@ from shiboken6 import isValid
 
 if TYPE_CHECKING:  # imported where each step of the window is built (see MainWindow):
     # the frame is painted before the Qt types the panels use are made (and their enums)
-    from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+    from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QPaintEvent
     from PySide6.QtWidgets import QLabel, QSplitter, QStackedWidget, QSystemTrayIcon
 
     from nbdesk.core.jobs import Job
@@ -60,6 +60,8 @@ class MainWindow(QMainWindow):
     """
 
     closed = Signal()
+    #: after each paint of the window itself (its first: the frame is on screen)
+    painted = Signal()
 
     # built by add_library
     thumbnails: ThumbnailCache
@@ -439,6 +441,10 @@ class MainWindow(QMainWindow):
             s.setValue(f"splitters/{splitter.objectName()}", splitter.saveState())
         s.setValue("saved_at", time.time())
         s.sync()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        super().paintEvent(event)
+        self.painted.emit()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_layout()

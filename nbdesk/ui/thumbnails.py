@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -101,7 +100,7 @@ def load_thumbnail(path: Path, sha256: str, cache_dir: Path, size: int) -> QImag
         return image
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
         flat = _flatten(image)
         if flat.save(str(tmp), "JPG", JPEG_QUALITY):  # type: ignore[call-overload]
             os.replace(tmp, target)

@@ -180,10 +180,10 @@ def test_a_version_1_library_migrates_and_keeps_everything(tmp_path: Path) -> No
     lib = Library(paths)
     try:
         conn = sqlite3.connect(paths.db)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(items)")}
         conn.close()
-        assert "items_parent" in indexes
+        assert {"items_parent", "items_live_order"} <= indexes
         job = lib.job("j1")
         assert (job.prompt, job.state, job.turn) == ("an old fox", JobState.COMPLETED, ())
         item = lib.item(7)
@@ -191,6 +191,20 @@ def test_a_version_1_library_migrates_and_keeps_everything(tmp_path: Path) -> No
             "an old fox", (), [], None)
         assert [i.id for i in lib.items(text="fox")] == [7]
         assert lib.chain(7, 5) == [item] and lib.children(7) == []
+    finally:
+        lib.close()
+
+
+def test_the_grids_ids_are_read_in_the_order_of_their_own_index(tmp_path: Path) -> None:
+    """The grid's order (every opening and reload of the grid reads it): SQLite scans
+    the live-items index in order, with no sort and no trashed rows to skip."""
+    lib = Library(paths_in(tmp_path))
+    try:
+        sql = ("SELECT items.id " + Library._item_filter(None, None, None, False, None, None,
+                                                         False)[0]
+               + " ORDER BY items.completed_at DESC, items.id DESC")
+        plan = " ".join(str(r[3]) for r in lib._conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "INDEX items_live_order" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         lib.close()
 

@@ -59,6 +59,25 @@ def test_platform_dirs_without_nbdesk_home(tmp_path: Path) -> None:
         assert p.log_dir.is_relative_to(tmp_path / "xdg-state" / "nbdesk")
 
 
+@pytest.mark.parametrize("xdg", ["unset", "empty", "relative"])
+def test_the_same_folders_as_platformdirs_without_xdg_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, xdg: str
+) -> None:
+    """On Linux the folders are worked out here (without importing platformdirs): with
+    the XDG variables unset, empty or relative (ignored), the home's defaults."""
+    for var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+        if xdg == "unset":
+            monkeypatch.delenv(var)
+        else:
+            monkeypatch.setenv(var, "" if xdg == "empty" else "rel/dir")
+    p = Paths.resolve({})
+    assert p.root == Path(platformdirs.user_data_dir("nbdesk", appauthor=False))
+    assert p.settings_file.parent == Path(platformdirs.user_config_dir("nbdesk", appauthor=False))
+    assert p.log_dir == Path(platformdirs.user_log_dir("nbdesk", appauthor=False))
+    if sys.platform.startswith("linux"):
+        assert p.root == tmp_path / "home" / ".local" / "share" / "nbdesk"
+
+
 def test_empty_nbdesk_home_is_ignored(tmp_path: Path) -> None:
     assert Paths.resolve({"NBDESK_HOME": "  "}).root == Paths.resolve({}).root
 

@@ -124,6 +124,32 @@ def test_empty_library_shows_the_friendly_placeholder(qtbot: QtBot, ui_env: UiEn
     assert view.count_label.text() == "0 images"
 
 
+def test_a_selected_cell_is_drawn_in_the_highlight_colour(qtbot: QtBot, ui_env: UiEnv) -> None:
+    """The grid draws the selection itself (not through the style's item panel): the
+    selected cell's margin is the palette's highlight, an unselected one's is not."""
+    from PySide6.QtGui import QPalette
+
+    first = add_item(ui_env.rt.library, "selected one")
+    second = add_item(ui_env.rt.library, "not selected")
+    view = make_view(qtbot, ui_env)
+    wait_items(qtbot, view)
+    select(view, [first])
+    view.list.viewport().repaint()
+    image = view.list.viewport().grab().toImage()
+
+    def margin_colour(item_id: int) -> tuple[int, int, int]:
+        rect = view.list.visualRect(view.model.index_of(item_id))
+        pixel = image.pixelColor(rect.left() + 2, rect.top() + 2)  # in the 8 px padding
+        return pixel.red(), pixel.green(), pixel.blue()
+
+    palette = view.list.palette()
+    group = (QPalette.ColorGroup.Active if view.list.isActiveWindow()
+             else QPalette.ColorGroup.Inactive)
+    highlight = palette.color(group, QPalette.ColorRole.Highlight)
+    assert margin_colour(first) == (highlight.red(), highlight.green(), highlight.blue())
+    assert margin_colour(second) != margin_colour(first)
+
+
 def test_grid_shows_items_and_full_text_search_filters(qtbot: QtBot, ui_env: UiEnv) -> None:
     lib = ui_env.rt.library
     bike = add_item(lib, "A red bicycle leaning on a wall")
