@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import shiboken6
 from PySide6.QtCore import (
-    QAbstractListModel,
     QItemSelection,
     QItemSelectionModel,
     QMimeData,
@@ -33,6 +32,7 @@ from PySide6.QtCore import (
     QPoint,
     QRect,
     QSize,
+    QStringListModel,
     Qt,
     QTimer,
     Signal,
@@ -156,8 +156,16 @@ def copy_into(src: Path, folder: Path) -> Path:
         return dest
 
 
-class LibraryModel(QAbstractListModel):
-    """Rows are item ids, newest first; items and thumbnails arrive lazily."""
+class LibraryModel(QStringListModel):
+    """Rows are item ids, newest first; items and thumbnails arrive lazily.
+
+    The rows themselves are counted by the C++ base (one empty string each; ``_ids``
+    has the ids): the grid's layout makes an index for every row, and every index asks
+    ``rowCount``. Answered in Python, a relayout of a 10,000-item grid (each insertion
+    on top) was 20,000 calls into Python, each waiting for the GIL while jobs ran on
+    other threads. Rows change only through ``_reset_ids``, ``_insert_ids`` and
+    ``_remove_rows``, which keep the two in step.
+    """
 
     countChanged = Signal(int)
     reloaded = Signal()  # a reload was applied (rows are current)
@@ -251,8 +259,31 @@ class LibraryModel(QAbstractListModel):
 
     # ------------------------------------------------------------------ Qt model
 
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._ids)
+    # ------------------------------------------------------------------ rows
+
+    def _reset_ids(self, ids: Sequence[int]) -> None:
+        self.beginResetModel()
+        self._ids = list(ids)
+        self._reindex()
+        blocked = self.blockSignals(True)  # (the reset tells the views)
+        try:
+            self.removeRows(0, QStringListModel.rowCount(self))
+            self.insertRows(0, len(self._ids))
+        finally:
+            self.blockSignals(blocked)
+        self.endResetModel()
+
+    def _insert_ids(self, row: int, ids: Sequence[int]) -> None:
+        self._ids[row:row] = ids
+        self._reindex()
+        self.insertRows(row, len(ids))  # (the base's: it tells the views)
+
+    def _remove_rows(self, first: int, last: int, *, reindex: bool = True) -> None:
+        """(``reindex=False``: the caller reindexes once after several removals.)"""
+        del self._ids[first:last + 1]
+        if reindex:
+            self._reindex()
+        self.removeRows(first, last - first + 1)
 
     def flags(self, index: Index) -> Qt.ItemFlag:
         if not index.isValid():
@@ -442,13 +473,10 @@ class LibraryModel(QAbstractListModel):
             self.reload()
             return
         self._last_add = time.monotonic()
-        self.beginInsertRows(QModelIndex(), 0, len(new) - 1)
-        self._ids[0:0] = [it.id for it in new]
-        self._reindex()
         for it in new:
             self._items[it.id] = it
         self._pages.clear()  # rows moved down: pages are asked for again (only missing ids)
-        self.endInsertRows()
+        self._insert_ids(0, [it.id for it in new])
         self.countChanged.emit(len(self._ids))
         self.reloaded.emit()
 
@@ -522,10 +550,7 @@ class LibraryModel(QAbstractListModel):
         if not reset and not self._patch(ids, keep):
             reset = True
         if reset:
-            self.beginResetModel()
-            self._ids = list(ids)
-            self._reindex()
-            self.endResetModel()
+            self._reset_ids(ids)
         self._stale = {k: v for k, v in self._stale.items() if k in keep}
         if self._ids and not reset:
             self._changed(0, len(self._ids) - 1)  # rows refetch their (maybe changed) items
@@ -550,9 +575,7 @@ class LibraryModel(QAbstractListModel):
         if len(runs) > 64:
             return False
         for first, last in reversed(runs):
-            self.beginRemoveRows(QModelIndex(), first, last)
-            del self._ids[first:last + 1]
-            self.endRemoveRows()
+            self._remove_rows(first, last, reindex=False)
         pos = j = 0
         while j < len(new):
             if pos < len(self._ids) and self._ids[pos] == new[j]:
@@ -562,10 +585,7 @@ class LibraryModel(QAbstractListModel):
             k = j
             while k < len(new) and new[k] not in old_set:
                 k += 1
-            self.beginInsertRows(QModelIndex(), pos, pos + k - j - 1)
-            self._ids[pos:pos] = new[j:k]
-            self._reindex()
-            self.endInsertRows()
+            self._insert_ids(pos, new[j:k])
             pos += k - j
             j = k
         self._reindex()
