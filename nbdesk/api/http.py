@@ -77,6 +77,10 @@ def make_client(timeout: float = 60.0, max_connections: int = 32) -> httpx.Async
         verify=True,
     )
     _POOL_SIZE[client] = max_connections
+    from nbdesk.api import idle_check
+
+    if not idle_check.install(client):  # (httpx or httpcore changed inside: still works)
+        log.warning("the HTTP client's quick idle-connection check could not be installed")
     # httpcore loads its async backend (anyio, sniffio) at the first request; here, on
     # the worker thread that makes the client in the app, not on the GUI thread.
     with contextlib.suppress(ImportError):
