@@ -180,8 +180,10 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     # 1. the frame
     window = MainWindow(layout_file=Paths.resolve().settings_file.parent / "window.ini")
     window.show()
-    _pump(0.5, signals=[window.painted, window.closed])
-    opener = _Opener()  # (after the paint: its imports would hold the GIL meanwhile)
+    # The opener starts once the frame is painted (its imports would hold the GIL while
+    # it is), or after 0.1 s (a window not shown at once: minimized, another desktop).
+    _pump(0.1, signals=[window.painted, window.closed])
+    opener = _Opener()
 
     # 2. the library grid
     from nbdesk.core.library import LibraryError

@@ -16,15 +16,19 @@ Imported by ``make_client`` (httpcore is not loaded before it).
 from __future__ import annotations
 
 import select
-import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import httpcore
 
 
-def socket_readable(sock: socket.socket | None) -> bool:
-    """True if a read would not block (data, or the peer closed); True when unknown."""
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+def socket_readable(sock: _HasFileno | None) -> bool:
+    """True if a read would not block (data, or the peer closed); True when unknown
+    (no socket, or a closed one)."""
     if sock is None:
         return True
     fd = sock.fileno()
@@ -41,8 +45,10 @@ def socket_readable(sock: socket.socket | None) -> bool:
 class QuickCheckStream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
+        # (on asyncio, anyio gives the transport's TransportSocket, not the socket)
         sock = inner.get_extra_info("socket")
-        self._sock: socket.socket | None = sock if isinstance(sock, socket.socket) else None
+        self._sock: _HasFileno | None = (
+            sock if callable(getattr(sock, "fileno", None)) else None)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, timeout)

@@ -98,13 +98,21 @@ class Paths:
 
 def _user_dirs() -> tuple[Path, Path, Path]:
     """The user's data, config and log folders for nbdesk."""
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and not hasattr(sys, "getandroidapilevel"):
         # The XDG base directories, as platformdirs reads them (an XDG variable counts
-        # only if it is an absolute path); here because importing platformdirs takes
-        # 5-8 ms of the window's start.
+        # only if it is an absolute path; so does HOME, else the account's home); here
+        # because importing platformdirs takes 5-8 ms of the window's start.
+        home_env = os.environ.get("HOME", "")
+        if os.path.isabs(home_env):
+            home = Path(home_env)
+        else:
+            import pwd
+
+            home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+
         def xdg(var: str, default: str) -> Path:
             value = os.environ.get(var, "")
-            return Path(value) if os.path.isabs(value) else Path.home() / default
+            return Path(value) if os.path.isabs(value) else home / default
 
         return (xdg("XDG_DATA_HOME", ".local/share") / APP_NAME,
                 xdg("XDG_CONFIG_HOME", ".config") / APP_NAME,

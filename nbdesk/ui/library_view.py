@@ -164,7 +164,8 @@ class LibraryModel(QStringListModel):
     ``rowCount``. Answered in Python, a relayout of a 10,000-item grid (each insertion
     on top) was 20,000 calls into Python, each waiting for the GIL while jobs ran on
     other threads. Rows change only through ``_reset_ids``, ``_insert_ids`` and
-    ``_remove_rows``, which keep the two in step.
+    ``_remove_rows``, which keep the two in step (``_ids`` changes first: a handler of
+    rowsAboutToBeInserted/Removed must not map rows to ids).
     """
 
     countChanged = Signal(int)
@@ -276,14 +277,16 @@ class LibraryModel(QStringListModel):
     def _insert_ids(self, row: int, ids: Sequence[int]) -> None:
         self._ids[row:row] = ids
         self._reindex()
-        self.insertRows(row, len(ids))  # (the base's: it tells the views)
+        if not self.insertRows(row, len(ids)):  # (the base's: it tells the views)
+            raise RuntimeError(f"rows {row}+{len(ids)} not inserted")
 
     def _remove_rows(self, first: int, last: int, *, reindex: bool = True) -> None:
         """(``reindex=False``: the caller reindexes once after several removals.)"""
         del self._ids[first:last + 1]
         if reindex:
             self._reindex()
-        self.removeRows(first, last - first + 1)
+        if not self.removeRows(first, last - first + 1):
+            raise RuntimeError(f"rows {first}-{last} not removed")
 
     def flags(self, index: Index) -> Qt.ItemFlag:
         if not index.isValid():

@@ -60,7 +60,8 @@ class MainWindow(QMainWindow):
     """
 
     closed = Signal()
-    #: after each paint of the window itself (its first: the frame is on screen)
+    #: emitted as the window itself is painted, before its children in the same pass:
+    #: a wait that quits on it (``nbdesk.app``) ends once that whole paint is done
     painted = Signal()
 
     # built by add_library

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpcore
 import pytest
 
+from nbdesk.api import idle_check
 from nbdesk.api.http import make_client
 from nbdesk.api.idle_check import QuickCheckBackend, socket_readable
 
@@ -70,10 +71,16 @@ def test_make_client_installs_the_quick_check() -> None:
 
 
 async def test_the_quick_check_sees_the_server_close_an_idle_connection(
-    server: KeepAliveServer,
+    server: KeepAliveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The streams answer is_readable themselves (poll on their socket, which on
+    asyncio is the transport's TransportSocket), not through anyio's attributes."""
+    real = idle_check.socket_readable
     backend = QuickCheckBackend(httpcore.AnyIOBackend())
     stream = await backend.connect_tcp("127.0.0.1", server.port)
+    asked: list[object] = []
+    monkeypatch.setattr(idle_check, "socket_readable",
+                        lambda sock: asked.append(sock) or real(sock))
     try:
         await stream.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await stream.read(1024)).endswith(b"ok")
@@ -81,6 +88,7 @@ async def test_the_quick_check_sees_the_server_close_an_idle_connection(
         await server.drop()
         assert stream.get_extra_info("is_readable") is True
         assert stream.get_extra_info("socket") is not None  # the rest: the backend's
+        assert len(asked) == 2  # both answers came from the quick check
     finally:
         await stream.aclose()
 

@@ -180,7 +180,7 @@ def test_a_version_1_library_migrates_and_keeps_everything(tmp_path: Path) -> No
     lib = Library(paths)
     try:
         conn = sqlite3.connect(paths.db)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(items)")}
         conn.close()
         assert {"items_parent", "items_live_order"} <= indexes
@@ -193,6 +193,25 @@ def test_a_version_1_library_migrates_and_keeps_everything(tmp_path: Path) -> No
         assert lib.chain(7, 5) == [item] and lib.children(7) == []
     finally:
         lib.close()
+
+
+def test_the_grids_index_is_added_without_raising_the_schema_version(tmp_path: Path) -> None:
+    """A library from before the grid's index gains it on opening, and stays at the
+    schema version an older nbdesk knows (so that one still opens it)."""
+    paths = paths_in(tmp_path)
+    Library(paths).close()
+    conn = sqlite3.connect(paths.db)
+    conn.execute("DROP INDEX items_live_order")
+    conn.commit()
+    conn.close()
+    Library(paths).close()
+    conn = sqlite3.connect(paths.db)
+    try:
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(items)")}
+        assert "items_live_order" in indexes
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    finally:
+        conn.close()
 
 
 def test_the_grids_ids_are_read_in_the_order_of_their_own_index(tmp_path: Path) -> None:

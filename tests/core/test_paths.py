@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 import sys
 from pathlib import Path
@@ -57,6 +58,29 @@ def test_platform_dirs_without_nbdesk_home(tmp_path: Path) -> None:
         assert p.root == tmp_path / "xdg-data" / "nbdesk"
         assert p.settings_file == tmp_path / "xdg-config" / "nbdesk" / "settings.json"
         assert p.log_dir.is_relative_to(tmp_path / "xdg-state" / "nbdesk")
+
+
+@pytest.mark.parametrize("home", ["set", "empty", "relative"])
+def test_without_a_usable_home_variable_the_accounts_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: str
+) -> None:
+    """HOME empty or relative (and no XDG variables): the account's home folder, as
+    platformdirs has it, never the root or the current folder."""
+    for var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME"):
+        monkeypatch.delenv(var)
+    if home != "set":
+        monkeypatch.setenv("HOME", "" if home == "empty" else "rel/home")
+    monkeypatch.chdir(tmp_path)
+    p = Paths.resolve({})
+    assert p.root == Path(platformdirs.user_data_dir("nbdesk", appauthor=False))
+    assert p.settings_file.parent == Path(platformdirs.user_config_dir("nbdesk", appauthor=False))
+    assert p.log_dir == Path(platformdirs.user_log_dir("nbdesk", appauthor=False))
+    assert p.root.is_absolute() and p.settings_file.is_absolute() and p.log_dir.is_absolute()
+    if home != "set" and sys.platform.startswith("linux"):
+        import pwd
+
+        account = Path(pwd.getpwuid(os.getuid()).pw_dir)
+        assert p.root == account / ".local" / "share" / "nbdesk"
 
 
 @pytest.mark.parametrize("xdg", ["unset", "empty", "relative"])
