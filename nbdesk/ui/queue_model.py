@@ -8,10 +8,9 @@ process changed the database).
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
-from PySide6.QtGui import QColor, QPalette
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor, QPalette, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QApplication
 
 from nbdesk.core.jobs import Job, JobState
@@ -19,11 +18,6 @@ from nbdesk.core.jobs import Job, JobState
 COLUMNS = ("State", "Prompt", "Provider / model", "Elapsed", "Progress", "Cost")
 STATE, PROMPT, PROVIDER, ELAPSED, PROGRESS, COST = range(len(COLUMNS))
 JobRole = Qt.ItemDataRole.UserRole + 1
-#: the roles data() answers (plain ints: a set lookup, no enum comparisons)
-_ANSWERED = frozenset(int(r) for r in (
-    Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.ForegroundRole,
-    Qt.ItemDataRole.TextAlignmentRole, JobRole))
-Index = QModelIndex | QPersistentModelIndex
 
 _STATE_COLOURS = {
     JobState.COMPLETED: QColor("#2e9d57"),
@@ -52,11 +46,24 @@ def elapsed_text(job: Job, now: float | None = None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-class JobsModel(QAbstractTableModel):
+class JobsModel(QStandardItemModel):
+    """The rows live in C++ (QStandardItemModel), with the texts the table shows: the
+    table paints without calling Python. (As a Python model, each repaint of 15 visible
+    rows asked Python ~1,000 times: rowCount and columnCount for every index, a dozen
+    roles per cell; with 200 jobs running that was a quarter of the GUI thread.)
+
+    ``_jobs`` keeps the Job of each row; rows change only through ``set_jobs``,
+    ``upsert_many`` and ``remove_ids``, which keep the two in step. A cell's text is
+    set only when it changed, so a repaint covers what changed.
+    """
+
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(0, len(COLUMNS))
+        self.setHorizontalHeaderLabels(list(COLUMNS))
         self._jobs: list[Job] = []
         self._rows: dict[str, int] = {}
+        #: job id -> (texts per column, tooltip, state colour) as shown
+        self._shown: dict[str, tuple[tuple[str, ...], str, QColor | None]] = {}
 
     # -------------------------------------------------------------- updates
 
@@ -64,6 +71,13 @@ class JobsModel(QAbstractTableModel):
         self.beginResetModel()
         self._jobs = sorted(jobs, key=lambda j: j.created_at, reverse=True)
         self._reindex()
+        self._shown = {}
+        blocked = self.blockSignals(True)  # (the reset tells the views)
+        try:
+            self.setRowCount(0)
+            self._insert_rows(0, self._jobs)
+        finally:
+            self.blockSignals(blocked)
         self.endResetModel()
 
     def _reindex(self) -> None:
@@ -74,9 +88,8 @@ class JobsModel(QAbstractTableModel):
 
     def upsert_many(self, jobs: list[Job]) -> None:
         """Apply job events in the order they came (at most one per job): known rows
-        change in one signal over their span, new jobs go on top (the last one first),
-        in one insertion."""
-        changed: list[int] = []
+        change the cells that changed, new jobs go on top (the last one first), in one
+        insertion."""
         new: list[Job] = []
         for job in jobs:
             row = self._rows.get(job.id)
@@ -84,30 +97,67 @@ class JobsModel(QAbstractTableModel):
                 new.append(job)
             else:
                 self._jobs[row] = job
-                changed.append(row)
-        if changed:
-            self.dataChanged.emit(self.index(min(changed), 0),
-                                  self.index(max(changed), len(COLUMNS) - 1))
+                self._show(row, job)
         if new:
-            self.beginInsertRows(QModelIndex(), 0, len(new) - 1)
-            self._jobs[0:0] = reversed(new)
+            new.reverse()
+            self._jobs[0:0] = new
             self._reindex()
-            self.endInsertRows()
+            self._insert_rows(0, new)
+
+    def _insert_rows(self, row: int, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        if not self.insertRows(row, len(jobs)):
+            raise RuntimeError(f"rows {row}+{len(jobs)} not inserted")
+        right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+        for offset, job in enumerate(jobs):
+            for col in range(len(COLUMNS)):
+                item = QStandardItem()
+                item.setEditable(False)
+                if col in (ELAPSED, PROGRESS, COST):
+                    item.setTextAlignment(right)
+                self.setItem(row + offset, col, item)
+            self._show(row + offset, job)
+
+    def _show(self, row: int, job: Job) -> None:
+        """Set the cells of ``row`` that differ from what it shows."""
+        texts = row_texts(job)
+        tooltip = tooltip_text(job)
+        colour = state_colour(job)
+        before = self._shown.get(job.id)
+        self._shown[job.id] = (texts, tooltip, colour)
+        for col, text in enumerate(texts):
+            if before is None or before[0][col] != text:
+                self.item(row, col).setText(text)
+        if before is None or before[1] != tooltip:
+            for col in range(len(COLUMNS)):
+                self.item(row, col).setToolTip(tooltip)
+        state = self.item(row, STATE)
+        if before is None or before[2] != colour:
+            state.setData(colour, Qt.ItemDataRole.ForegroundRole)
+        state.setData(job, JobRole)
 
     def remove_ids(self, ids: set[str]) -> None:
         for row in sorted((self._rows[i] for i in ids if i in self._rows), reverse=True):
-            self.beginRemoveRows(QModelIndex(), row, row)
-            del self._jobs[row]
-            self.endRemoveRows()
+            job = self._jobs.pop(row)
+            self._shown.pop(job.id, None)
+            if not self.removeRows(row, 1):
+                raise RuntimeError(f"row {row} not removed")
         self._reindex()
 
     def tick(self) -> None:
-        """Refresh the elapsed time of jobs still running: one change signal over their
-        span (one per row made the view re-measure every row per row: quadratic)."""
-        rows = [row for row, job in enumerate(self._jobs) if job.state.active]
-        if rows:
-            self.dataChanged.emit(self.index(rows[0], ELAPSED), self.index(rows[-1], ELAPSED),
-                                  [Qt.ItemDataRole.DisplayRole])
+        """Refresh the elapsed time of jobs still running (only the cells whose text
+        changed: the view repaints those)."""
+        now = time.time()
+        for row, job in enumerate(self._jobs):
+            if not job.state.active:
+                continue
+            text = elapsed_text(job, now)
+            texts, tooltip, colour = self._shown[job.id]
+            if texts[ELAPSED] != text:
+                self._shown[job.id] = (
+                    (*texts[:ELAPSED], text, *texts[ELAPSED + 1:]), tooltip, colour)
+                self.item(row, ELAPSED).setText(text)
 
     # -------------------------------------------------------------- reading
 
@@ -120,60 +170,38 @@ class JobsModel(QAbstractTableModel):
     def row_of(self, job_id: str) -> int | None:
         return self._rows.get(job_id)
 
-    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._jobs)
 
-    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
+def row_texts(job: Job) -> tuple[str, ...]:
+    """What each column shows for ``job``."""
+    if job.state is JobState.COMPLETED:
+        progress = "100%"
+    else:
+        progress = "" if job.progress is None else f"{job.progress:.0f}%"
+    return (
+        state_text(job),
+        " ".join(job.prompt.split())[:160],
+        f"{job.provider_label} · {job.model}",
+        elapsed_text(job),
+        progress,
+        "" if job.cost is None else f"${job.cost:.3f}",
+    )
 
-    def headerData(
-        self, section: int, orientation: Qt.Orientation,
-        role: int = Qt.ItemDataRole.DisplayRole,
-    ) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
 
-    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        # The table's delegate asks for a dozen roles per cell on every repaint; most
-        # have no answer here: say so before anything else (and before any call to C++).
-        if role not in _ANSWERED or not index.isValid():
-            return None
-        job = self._jobs[index.row()]
-        col = index.column()
-        if role == JobRole:
-            return job
-        if role == Qt.ItemDataRole.ToolTipRole:
-            lines = [job.prompt]
-            if job.error:
-                lines.append(f"Error: {job.error}")
-            if job.note:
-                lines.append(job.note)
-            if job.remote_id:
-                lines.append(f"Remote id: {job.remote_id}")
-            lines.append(f"Job id: {job.id}")
-            return "\n".join(lines)
-        if role == Qt.ItemDataRole.ForegroundRole and col == STATE:
-            colour = _STATE_COLOURS.get(job.state)
-            if colour is None and job.state is JobState.CANCELLED:
-                return QApplication.palette().color(QPalette.ColorRole.PlaceholderText)
-            return colour
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (ELAPSED, PROGRESS, COST):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role != Qt.ItemDataRole.DisplayRole:
-            return None
-        if col == STATE:
-            return state_text(job)
-        if col == PROMPT:
-            return " ".join(job.prompt.split())[:160]
-        if col == PROVIDER:
-            return f"{job.provider_label} · {job.model}"
-        if col == ELAPSED:
-            return elapsed_text(job)
-        if col == PROGRESS:
-            if job.state is JobState.COMPLETED:
-                return "100%"
-            return "" if job.progress is None else f"{job.progress:.0f}%"
-        if col == COST:
-            return "" if job.cost is None else f"${job.cost:.3f}"
-        return None
+def tooltip_text(job: Job) -> str:
+    lines = [job.prompt]
+    if job.error:
+        lines.append(f"Error: {job.error}")
+    if job.note:
+        lines.append(job.note)
+    if job.remote_id:
+        lines.append(f"Remote id: {job.remote_id}")
+    lines.append(f"Job id: {job.id}")
+    return "\n".join(lines)
+
+
+def state_colour(job: Job) -> QColor | None:
+    """The State column's text colour (None: the palette's)."""
+    colour = _STATE_COLOURS.get(job.state)
+    if colour is None and job.state is JobState.CANCELLED:
+        return QApplication.palette().color(QPalette.ColorRole.PlaceholderText)
+    return colour
