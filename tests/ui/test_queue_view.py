@@ -113,3 +113,42 @@ def test_a_burst_of_job_events_reaches_the_table_in_one_go(
     qtbot.waitUntil(lambda: all(state_of(view, j.id) == "cancelled" for j in jobs),
                     timeout=5000)
     assert inserted == [(0, 4)] and view.title.text() == "<b>Queue</b>"
+
+
+def test_a_long_history_gets_its_cells_a_chunk_at_a_time(qtbot: QtBot) -> None:
+    """set_jobs makes every row at once and gives them their cells FILL_CHUNK at a time
+    (10,000 jobs in one go froze the window 0.7 s): the top rows show at once, the rest
+    follow within a few passes of the event loop, and changes meanwhile are not lost."""
+    import dataclasses
+    import time
+    import uuid
+
+    from nbdesk.core.jobs import Job, JobParams
+    from nbdesk.ui.queue_model import FILL_CHUNK, JobsModel
+
+    now = time.time()
+
+    def job(i: int, state: JobState = JobState.COMPLETED) -> Job:
+        return Job(id=str(uuid.uuid4()), idem_key="k", created_at=now - i, updated_at=now,
+                   provider="apiframe", demo=False, model="nano-banana", prompt=f"job {i}",
+                   params=JobParams(), refs=(), parent_item=None, state=state,
+                   finished_at=None if state.active else now - i + 2)
+
+    model = JobsModel()
+    jobs = [job(i, JobState.RUNNING if i == 2 * FILL_CHUNK else JobState.COMPLETED)
+            for i in range(5 * FILL_CHUNK)]
+    model.set_jobs(jobs)
+    assert model.rowCount() == len(jobs) and model.filling()
+    assert model.index(0, STATE).data() == "completed"
+    assert model.index(len(jobs) - 1, STATE).data() is None  # not filled yet
+    # meanwhile: a blank row's job changes, a new job comes, the clock ticks
+    late = dataclasses.replace(jobs[-1], state=JobState.FAILED)
+    model.upsert_many([late, job(-1, JobState.QUEUED)])
+    model.tick()
+    assert model.index(0, STATE).data() == "queued" and model.job(0).prompt == "job -1"
+    assert model.job(len(jobs)) is late
+    qtbot.waitUntil(lambda: not model.filling(), timeout=10_000)
+    texts = [model.index(r, STATE).data() for r in range(model.rowCount())]
+    assert texts[0] == "queued" and texts[-1] == "failed"
+    assert texts.count("running") == 1 and texts.count("completed") == len(jobs) - 2
+    assert model.index(len(jobs), COST).data() == ""  # (every cell made)
