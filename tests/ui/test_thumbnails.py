@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from PIL import Image
 from PySide6.QtGui import QColor, QImage
 from pytestqt.qtbot import QtBot
@@ -104,8 +108,29 @@ def test_requests_in_flight_are_deduplicated(qtbot: QtBot, tmp_path: Path) -> No
     assert cache.loads_started == 1 and cache.pending() == 0
 
 
+@pytest.fixture
+def hold_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Workers hold their loads until the event is set: the requests a test makes are
+    all queued before any worker takes the next one (else, on a loaded machine, a
+    worker may finish its first load and take a request the test has not queued yet)."""
+    import nbdesk.ui.thumbnails as thumbnails
+
+    queued = threading.Event()
+    real_load = thumbnails.load_thumbnail
+
+    def held_load(*args: Any, **kwargs: Any) -> Any:
+        queued.wait(10)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(thumbnails, "load_thumbnail", held_load)
+    try:
+        yield queued
+    finally:
+        queued.set()
+
+
 def test_newest_requests_go_first_and_stale_ones_are_dropped(
-    qtbot: QtBot, tmp_path: Path
+    qtbot: QtBot, tmp_path: Path, hold_loads: threading.Event
 ) -> None:
     files = []
     for i in range(6):
@@ -114,9 +139,10 @@ def test_newest_requests_go_first_and_stale_ones_are_dropped(
     cache = ThumbnailCache(tmp_path / "thumbs", size=64, threads=1, backlog=3)
     order: list[int] = []
     cache.ready.connect(order.append)
-    for item_id, path, sha in files:  # all queued before any worker can answer
+    for item_id, path, sha in files:
         assert cache.get(item_id, path, sha) is None
     assert cache.dropped == 2  # items 1 and 2: the oldest waiting requests
+    hold_loads.set()
     qtbot.waitUntil(lambda: len(order) == 4, timeout=10_000)
     assert order == [0, 5, 4, 3]  # 0 was already running; then newest first
     assert cache.peek(1) is None and cache.peek(2) is None
@@ -124,7 +150,9 @@ def test_newest_requests_go_first_and_stale_ones_are_dropped(
     assert load(qtbot, cache, 1, files[1][1], files[1][2]).width() == 64
 
 
-def test_prefetch_waits_behind_visible_requests(qtbot: QtBot, tmp_path: Path) -> None:
+def test_prefetch_waits_behind_visible_requests(
+    qtbot: QtBot, tmp_path: Path, hold_loads: threading.Event
+) -> None:
     files = []
     for i in range(4):
         path = tmp_path / f"{i}.png"
@@ -135,6 +163,7 @@ def test_prefetch_waits_behind_visible_requests(qtbot: QtBot, tmp_path: Path) ->
     cache.get(*files[0])  # starts at once
     cache.prefetch([files[1], files[2]])
     cache.get(*files[3])
+    hold_loads.set()
     qtbot.waitUntil(lambda: len(order) == 4, timeout=10_000)
     assert order[:2] == [0, 3]
     cache.clear_memory()
