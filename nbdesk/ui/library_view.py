@@ -64,6 +64,7 @@ from PySide6.QtWidgets import (
 
 from nbdesk.api.capabilities import PROVIDERS
 from nbdesk.core.library import FirstPage, Item
+from nbdesk.ui.model_rows import quiet_reset
 from nbdesk.ui.thumbnails import ThumbnailCache
 
 if TYPE_CHECKING:  # the grid is built before asyncio and the engine are imported, and
@@ -263,16 +264,11 @@ class LibraryModel(QStringListModel):
     # ------------------------------------------------------------------ rows
 
     def _reset_ids(self, ids: Sequence[int]) -> None:
-        self.beginResetModel()
-        self._ids = list(ids)
-        self._reindex()
-        blocked = self.blockSignals(True)  # (the reset tells the views)
-        try:
+        with quiet_reset(self):
+            self._ids = list(ids)
+            self._reindex()
             self.removeRows(0, QStringListModel.rowCount(self))
             self.insertRows(0, len(self._ids))
-        finally:
-            self.blockSignals(blocked)
-        self.endResetModel()
 
     def _insert_ids(self, row: int, ids: Sequence[int]) -> None:
         self._ids[row:row] = ids

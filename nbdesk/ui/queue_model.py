@@ -14,6 +14,7 @@ from PySide6.QtGui import QColor, QPalette, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QApplication
 
 from nbdesk.core.jobs import Job, JobState
+from nbdesk.ui.model_rows import quiet_reset
 
 COLUMNS = ("State", "Prompt", "Provider / model", "Elapsed", "Progress", "Cost")
 STATE, PROMPT, PROVIDER, ELAPSED, PROGRESS, COST = range(len(COLUMNS))
@@ -82,20 +83,15 @@ class JobsModel(QStandardItemModel):
     # -------------------------------------------------------------- updates
 
     def set_jobs(self, jobs: list[Job]) -> None:
-        self.beginResetModel()
-        self._jobs = sorted(jobs, key=lambda j: j.created_at, reverse=True)
-        self._reindex()
-        self._shown = {}
-        blocked = self.blockSignals(True)  # (the reset tells the views)
-        try:
+        with quiet_reset(self):
+            self._jobs = sorted(jobs, key=lambda j: j.created_at, reverse=True)
+            self._reindex()
+            self._shown = {}
             self.setRowCount(0)
             if self._jobs and not self.insertRows(0, len(self._jobs)):
                 raise RuntimeError(f"{len(self._jobs)} rows not inserted")
             self._fill_from = 0
             self._fill(FILL_CHUNK)
-        finally:
-            self.blockSignals(blocked)
-        self.endResetModel()
 
     def filling(self) -> bool:
         """True while rows made by ``set_jobs`` are still getting their cells."""
