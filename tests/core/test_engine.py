@@ -334,9 +334,22 @@ async def test_a_job_is_worked_by_one_process_at_a_time(engine_env: EngineEnv) -
     try:
         await a.start()
         await b.start()
+        # both submitted (so that each is paid for once, not cancelled before its
+        # submit) before b steps in
+        submitted: set[str] = set()
+        both = asyncio.Event()
+
+        def seen(job: Job) -> None:
+            if job.remote_id is not None:
+                submitted.add(job.id)
+                if len(submitted) == 2:
+                    both.set()
+
+        a.subscribe(seen)
         jobs = await a.enqueue(FRAME, count=2)
         ids = [j.id for j in jobs]
         assert await b.resume_all() == []  # held by a live owner
+        await asyncio.wait_for(both.wait(), 15)
         # b asks to cancel one; a notices and stops it.
         requested = await b.cancel(ids[0])
         assert requested.cancel_requested
