@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 from nbdesk.api.base import InputError, Reference
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from PIL import Image
 
 # Pillow is imported at first use (it is not needed to open the window).
@@ -225,6 +227,18 @@ class PngProof:
     size: int
 
 
+@functools.cache
+def png_crc32() -> Callable[[bytes | memoryview, int], int]:
+    """The CRC-32 the PNG check uses: ISA-L's where its wheel is installed (carry-less
+    multiplication: a quarter of zlib's time, ~6 ms instead of ~23 over a 50 MB PNG on
+    the bench machine), else zlib's. Both give the same values."""
+    try:
+        from isal.isal_zlib import crc32
+    except ImportError:
+        return zlib.crc32
+    return crc32
+
+
 class PngStreamCheck:
     """Proves a PNG whole while its bytes go by (``feed`` the blocks in order, then
     ``result``), so that a download need not be read back to be checked.
@@ -237,8 +251,8 @@ class PngStreamCheck:
     not letters), never looser: a stream it does not prove goes through ``probe_file`` as
     before. ``feed`` never raises; ``result`` raises ``ImageCheckError``."""
 
-    __slots__ = ("_crc", "_error", "_head", "_ihdr", "_kind", "_need", "_remaining",
-                 "_seen_idat", "_size", "_state")
+    __slots__ = ("_crc", "_crc32", "_error", "_head", "_ihdr", "_kind", "_need",
+                 "_remaining", "_seen_idat", "_size", "_state")
 
     # states: what the next bytes are
     _SIGNATURE, _HEADER, _DATA, _CRC, _END = range(5)
@@ -250,6 +264,8 @@ class PngStreamCheck:
         self._kind = b""  # the current chunk's type
         self._remaining = 0  # data bytes left in the current chunk
         self._crc = 0
+        # png_crc32(), looked up at the first feed (on the writer's thread)
+        self._crc32: Callable[[bytes | memoryview, int], int] | None = None
         self._ihdr: bytes | None = None
         self._seen_idat = False
         self._size = 0
@@ -258,6 +274,9 @@ class PngStreamCheck:
     def feed(self, block: bytes) -> None:
         if self._error is not None:
             return
+        crc32 = self._crc32
+        if crc32 is None:
+            crc32 = self._crc32 = png_crc32()
         self._size += len(block)
         view = memoryview(block)
         pos, end = 0, len(view)
@@ -265,7 +284,7 @@ class PngStreamCheck:
             if self._state == self._DATA:
                 take = min(self._remaining, end - pos)
                 part = view[pos:pos + take]
-                self._crc = zlib.crc32(part, self._crc)  # releases the GIL over 5 kB
+                self._crc = crc32(part, self._crc)
                 if self._kind == b"IHDR":
                     self._head += part
                 self._remaining -= take
@@ -305,7 +324,8 @@ class PngStreamCheck:
                 return
             self._seen_idat = self._seen_idat or kind == b"IDAT"
             self._kind = kind
-            self._crc = zlib.crc32(kind)
+            assert self._crc32 is not None  # set by feed, the only caller
+            self._crc = self._crc32(kind, 0)
             self._remaining = length
             if length:
                 self._state = self._DATA

@@ -124,6 +124,9 @@ async def _run(window: MainWindow, out: Path, report: dict[str, Any],
         report["keys"] = keys
         report["image_formats"] = sorted(
             bytes(f.data()).decode() for f in QImageReader.supportedImageFormats())
+        from nbdesk.api.images import png_crc32  # ISA-L's, if it made it into the bundle
+
+        report["png_crc32"] = png_crc32().__module__
         report["modules_outside_bundle"] = modules_outside_bundle()
         report["ok"] = True
     except Exception as exc:  # reported, then the window closes all the same

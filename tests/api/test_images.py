@@ -4,7 +4,9 @@ import base64
 import io
 import os
 import struct
+import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from nbdesk.api.images import (
     ImageInfo,
     PngProof,
     PngStreamCheck,
+    png_crc32,
     prepare_reference,
     probe_bytes,
     probe_file,
@@ -470,6 +473,22 @@ def chunked_png(width: int = 40, height: int = 30) -> bytes:
             + b"".join(parts) + _chunk(b"tEXt", b"Comment\x00after") + _chunk(b"IEND", b""))
 
 
+@pytest.fixture(params=["isal", "zlib"])
+def crc_library(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                ) -> Iterator[str]:
+    """The stream check with ISA-L's CRC-32 (installed with nbdesk), and with zlib's, as
+    where ISA-L has no wheel (its import fails)."""
+    png_crc32.cache_clear()
+    if request.param == "zlib":
+        monkeypatch.setitem(sys.modules, "isal.isal_zlib", None)  # import raises
+        assert png_crc32() is zlib.crc32
+    else:
+        assert png_crc32() is not zlib.crc32
+        assert png_crc32().__module__.startswith("isal")
+    yield request.param
+    png_crc32.cache_clear()
+
+
 def stream_check(data: bytes, block: int = 4096) -> PngStreamCheck:
     check = PngStreamCheck()
     for i in range(0, len(data), block):
@@ -486,6 +505,7 @@ def assert_refused(data: bytes, block: int = 4096) -> None:
     assert check.reason
 
 
+@pytest.mark.usefixtures("crc_library")
 @pytest.mark.parametrize("block", [1, 3, 8, 12, 13, 100, 1 << 20])
 def test_png_stream_check_proves_a_whole_png(tmp_path: Path, block: int) -> None:
     data = chunked_png()
@@ -496,6 +516,7 @@ def test_png_stream_check_proves_a_whole_png(tmp_path: Path, block: int) -> None
         "png", "png", "image/png", 40, 30)
 
 
+@pytest.mark.usefixtures("crc_library")
 def test_png_stream_check_proves_pillows_own_pngs() -> None:
     for data in (png(300, 200), png(5, 7, "RGBA"), bilevel_png(3000, 2000)):
         proof = stream_check(data, 1000).result()
@@ -512,6 +533,7 @@ def test_png_stream_check_refuses_every_truncation() -> None:
             probe_bytes(data[:cut])
 
 
+@pytest.mark.usefixtures("crc_library")
 def test_png_stream_check_refuses_any_changed_byte() -> None:
     """Signature, lengths, types, data and CRCs: one flipped bit anywhere is caught."""
     data = chunked_png()
@@ -530,6 +552,7 @@ def test_png_stream_check_refuses_a_flipped_data_byte_probe_does_too() -> None:
         probe_bytes(bytes(data))
 
 
+@pytest.mark.usefixtures("crc_library")
 def test_png_stream_check_refuses_a_bad_crc() -> None:
     data = chunked_png()
     iend = len(data) - 12

@@ -144,6 +144,7 @@ def test_demo_image_with_the_keychain_and_a_reference(
     assert data["keys"] == {"apiframe": "keychain", "apifree": "none", "gemini": "none"}
     assert data["modules_outside_bundle"] == []
     assert {"jpeg", "png", "webp", "gif"} <= set(data["image_formats"])
+    assert data["png_crc32"] == "isal.isal_zlib"  # the fast CRC is in the bundle
     assert KEY not in stderr
 
     # the frozen CLI sees the same library
