@@ -46,6 +46,18 @@ APIFree API key. It is stored in your system keychain, never in a file.</p>
 """
 
 
+#: The window's first size (until it saves its own), on a screen big enough for it.
+DEFAULT_SIZE = (1360, 860)
+
+
+def default_size(available: tuple[int, int]) -> tuple[int, int]:
+    """The window's first size on a screen whose free area (without panels and docks)
+    is ``available``: ``DEFAULT_SIZE``, smaller on a small screen, so that the window
+    with its frame and title bar fits (1366x768 laptops)."""
+    width, height = available
+    return min(DEFAULT_SIZE[0], width * 95 // 100), min(DEFAULT_SIZE[1], height * 88 // 100)
+
+
 class MainWindow(QMainWindow):
     """Built in three steps, so that the app shows its window at once:
 
@@ -89,7 +101,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("nbdesk")
         self.setObjectName("nbdeskMainWindow")
-        self.resize(1360, 860)
+        self.resize(*default_size(self.screen().availableGeometry().size().toTuple()))
         if layout_file is None:
             if controller is None:
                 raise TypeError("MainWindow needs a controller or a layout file")

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
 from nbdesk.core.jobs import JobState
-from nbdesk.ui.main_window import MainWindow
+from nbdesk.ui.main_window import DEFAULT_SIZE, MainWindow, default_size
 from nbdesk.ui.queue_model import STATE
 from tests.ui.conftest import UiEnv
 
@@ -127,6 +127,69 @@ def test_layout_is_restored(qtbot: QtBot, ui_env: UiEnv) -> None:
     qtbot.waitExposed(again)
     assert (again.width(), again.height()) == (1300, 820)
     assert again.split.sizes() == sizes
+
+
+def test_the_first_size_leaves_room_on_a_small_screen() -> None:
+    assert default_size((1920, 1160)) == DEFAULT_SIZE == (1360, 860)
+    assert default_size((1440, 978)) == DEFAULT_SIZE
+    width, height = default_size((1366, 740))  # a 1366x768 laptop under a 28 px panel
+    assert width < 1366 - 40 and height < 740 - 60  # a frame and a title bar fit around it
+
+
+SMALL_SCREEN = """
+import asyncio, json, sys
+import qasync
+from PySide6.QtWidgets import QApplication
+from nbdesk.core.runtime import Runtime
+from nbdesk.ui.controller import Controller
+from nbdesk.ui.main_window import MainWindow, apply_app_style
+
+app = QApplication([sys.argv[0]])
+app.setQuitOnLastWindowClosed(False)  # as in the app: the engine stops first
+apply_app_style(app)
+rt = Runtime.open()
+loop = qasync.QEventLoop(app)
+asyncio.set_event_loop(loop)
+
+async def run():
+    async with rt.engine() as engine:
+        window = MainWindow(Controller(rt, engine))  # every panel
+        window.show()
+        frame, screen = window.frameGeometry(), window.screen().availableGeometry()
+        print(json.dumps({"frame": frame.getRect(), "screen": screen.getRect(),
+                          "minimum": window.minimumSizeHint().toTuple(),
+                          "size": window.size().toTuple()}))
+        window.close()
+
+with loop:
+    loop.run_until_complete(run())
+rt.close()
+"""
+
+
+def test_the_whole_window_fits_a_1366x768_screen(tmp_path: Path) -> None:
+    """A new user's window on a small laptop screen, every panel built: inside the
+    screen, and no smaller than what its panels need."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "small-screen.json"
+    config.write_text(json.dumps({"screens": [{
+        "name": "laptop", "x": 0, "y": 0, "width": 1366, "height": 768,
+        "logicalDpi": 96, "logicalBaseDpi": 96, "dpr": 1}]}))
+    env = {**os.environ, "NBDESK_HOME": str(tmp_path / "home"),
+           "QT_QPA_PLATFORM": f"offscreen:configfile={config}"}
+    result = subprocess.run([sys.executable, "-c", SMALL_SCREEN], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    x, y, w, h = seen["frame"]
+    sx, sy, sw, sh = seen["screen"]
+    assert (sw, sh) == (1366, 768)
+    assert sx <= x and sy <= y and x + w <= sx + sw and y + h <= sy + sh
+    assert seen["size"][0] >= seen["minimum"][0] and seen["size"][1] >= seen["minimum"][1]
 
 
 def test_errors_reach_the_message_bar_and_undo_works(qtbot: QtBot, ui_env: UiEnv) -> None:

@@ -281,7 +281,9 @@ def test_the_first_screen_is_drawn_without_the_types_it_does_not_need(tmp_path: 
 
     from nbdesk.core.runtime import Runtime
 
-    env = {**os.environ, "NBDESK_HOME": str(tmp_path / "home"), "QT_QPA_PLATFORM": "offscreen"}
+    screen = Path(__file__).parents[1] / "offscreen.json"  # the suite's desktop-sized screen
+    env = {**os.environ, "NBDESK_HOME": str(tmp_path / "home"),
+           "QT_QPA_PLATFORM": f"offscreen:configfile={screen}"}
     rt = Runtime.open(env)
     try:
         for n in range(3):
