@@ -251,8 +251,8 @@ class PngStreamCheck:
     not letters), never looser: a stream it does not prove goes through ``probe_file`` as
     before. ``feed`` never raises; ``result`` raises ``ImageCheckError``."""
 
-    __slots__ = ("_crc", "_crc32", "_error", "_head", "_ihdr", "_kind", "_need",
-                 "_remaining", "_seen_idat", "_size", "_state")
+    __slots__ = ("_crc", "_error", "_head", "_ihdr", "_kind", "_need", "_remaining",
+                 "_seen_idat", "_size", "_state")
 
     # states: what the next bytes are
     _SIGNATURE, _HEADER, _DATA, _CRC, _END = range(5)
@@ -264,8 +264,6 @@ class PngStreamCheck:
         self._kind = b""  # the current chunk's type
         self._remaining = 0  # data bytes left in the current chunk
         self._crc = 0
-        # png_crc32(), looked up at the first feed (on the writer's thread)
-        self._crc32: Callable[[bytes | memoryview, int], int] | None = None
         self._ihdr: bytes | None = None
         self._seen_idat = False
         self._size = 0
@@ -274,9 +272,7 @@ class PngStreamCheck:
     def feed(self, block: bytes) -> None:
         if self._error is not None:
             return
-        crc32 = self._crc32
-        if crc32 is None:
-            crc32 = self._crc32 = png_crc32()
+        crc32 = png_crc32()  # (imported at the first feed: on the writer's thread)
         self._size += len(block)
         view = memoryview(block)
         pos, end = 0, len(view)
@@ -324,8 +320,7 @@ class PngStreamCheck:
                 return
             self._seen_idat = self._seen_idat or kind == b"IDAT"
             self._kind = kind
-            assert self._crc32 is not None  # set by feed, the only caller
-            self._crc = self._crc32(kind, 0)
+            self._crc = png_crc32()(kind, 0)
             self._remaining = length
             if length:
                 self._state = self._DATA
