@@ -64,7 +64,7 @@ from PySide6.QtWidgets import (
 
 from nbdesk.api.capabilities import PROVIDERS
 from nbdesk.core.library import FirstPage, Item
-from nbdesk.ui.model_rows import quiet_reset
+from nbdesk.ui.model_rows import insert_rows, quiet_reset, remove_rows
 from nbdesk.ui.thumbnails import ThumbnailCache
 
 if TYPE_CHECKING:  # the grid is built before asyncio and the engine are imported, and
@@ -267,22 +267,20 @@ class LibraryModel(QStringListModel):
         with quiet_reset(self):
             self._ids = list(ids)
             self._reindex()
-            self.removeRows(0, QStringListModel.rowCount(self))
-            self.insertRows(0, len(self._ids))
+            remove_rows(self, 0, QStringListModel.rowCount(self))
+            insert_rows(self, 0, len(self._ids))
 
     def _insert_ids(self, row: int, ids: Sequence[int]) -> None:
         self._ids[row:row] = ids
         self._reindex()
-        if not self.insertRows(row, len(ids)):  # (the base's: it tells the views)
-            raise RuntimeError(f"rows {row}+{len(ids)} not inserted")
+        insert_rows(self, row, len(ids))
 
     def _remove_rows(self, first: int, last: int, *, reindex: bool = True) -> None:
         """(``reindex=False``: the caller reindexes once after several removals.)"""
         del self._ids[first:last + 1]
         if reindex:
             self._reindex()
-        if not self.removeRows(first, last - first + 1):
-            raise RuntimeError(f"rows {first}-{last} not removed")
+        remove_rows(self, first, last - first + 1)
 
     def flags(self, index: Index) -> Qt.ItemFlag:
         if not index.isValid():

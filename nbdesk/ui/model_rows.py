@@ -23,3 +23,16 @@ def quiet_reset(model: QAbstractItemModel) -> Iterator[None]:
     finally:
         model.blockSignals(blocked)
     model.endResetModel()
+
+
+def insert_rows(model: QAbstractItemModel, row: int, count: int) -> None:
+    """The base's ``insertRows`` (it tells the views), which must not refuse: a refusal
+    would leave the Python list and the C++ rows out of step."""
+    if count and not model.insertRows(row, count):
+        raise RuntimeError(f"rows {row}+{count} not inserted")
+
+
+def remove_rows(model: QAbstractItemModel, row: int, count: int) -> None:
+    """The base's ``removeRows`` (it tells the views), which must not refuse."""
+    if count and not model.removeRows(row, count):
+        raise RuntimeError(f"rows {row}+{count} not removed")

@@ -14,7 +14,7 @@ from PySide6.QtGui import QColor, QPalette, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QApplication
 
 from nbdesk.core.jobs import Job, JobState
-from nbdesk.ui.model_rows import quiet_reset
+from nbdesk.ui.model_rows import insert_rows, quiet_reset, remove_rows
 
 COLUMNS = ("State", "Prompt", "Provider / model", "Elapsed", "Progress", "Cost")
 STATE, PROMPT, PROVIDER, ELAPSED, PROGRESS, COST = range(len(COLUMNS))
@@ -88,8 +88,7 @@ class JobsModel(QStandardItemModel):
             self._reindex()
             self._shown = {}
             self.setRowCount(0)
-            if self._jobs and not self.insertRows(0, len(self._jobs)):
-                raise RuntimeError(f"{len(self._jobs)} rows not inserted")
+            insert_rows(self, 0, len(self._jobs))
             self._fill_from = 0
             self._fill(FILL_CHUNK)
 
@@ -133,8 +132,7 @@ class JobsModel(QStandardItemModel):
             self._jobs[0:0] = new
             self._fill_from += len(new)
             self._reindex()
-            if not self.insertRows(0, len(new)):
-                raise RuntimeError(f"rows 0+{len(new)} not inserted")
+            insert_rows(self, 0, len(new))
             for row, job in enumerate(new):
                 self._make_cells(row)
                 self._show(row, job)
@@ -172,8 +170,7 @@ class JobsModel(QStandardItemModel):
             self._shown.pop(job.id, None)
             if row < self._fill_from:
                 self._fill_from -= 1
-            if not self.removeRows(row, 1):
-                raise RuntimeError(f"row {row} not removed")
+            remove_rows(self, row, 1)
         self._reindex()
 
     def tick(self) -> None:
