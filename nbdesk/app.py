@@ -14,8 +14,10 @@ if TYPE_CHECKING:  # imported as each step of the start needs them (see main)
     from PySide6.QtCore import SignalInstance
     from PySide6.QtWidgets import QApplication
 
-    from nbdesk.core.library import FirstPage
+    from nbdesk.core.library import FirstPage, Library
+    from nbdesk.core.paths import Paths
     from nbdesk.core.runtime import Runtime
+    from nbdesk.core.settings import Settings
     from nbdesk.ui.main_window import MainWindow
 
 
@@ -75,15 +77,16 @@ def _pump(timeout: float, *, signals: Sequence[SignalInstance] = (),
 
 
 class _Opener:
-    """Imports the core, opens the runtime (settings, the library's database) and reads
-    the library grid's first page on its own thread, while the GUI thread paints the
-    frame (mostly in Qt's C++ code) and imports and builds the grid."""
+    """Finds the library (paths and settings: its folder may be a setting), opens its
+    database and reads the grid's first page on its own thread, while the GUI thread
+    paints the frame (mostly in Qt's C++ code) and imports and builds the grid. The rest
+    of the runtime (the key store) is put together once the grid is drawn."""
 
     def __init__(self) -> None:
         import threading
 
         self._done = threading.Event()
-        self.rt: Runtime | None = None
+        self._opened: tuple[Paths, Settings, Library] | None = None
         self.error: BaseException | None = None
         self._page: FirstPage | None = None
         threading.Thread(target=self._run, name="nbdesk-open", daemon=True).start()
@@ -92,15 +95,18 @@ class _Opener:
         # Only modules without Qt are imported here: the GUI thread imports the grid's
         # meanwhile, and PySide's lazily made types must not be made from two threads.
         try:
-            from nbdesk.core.runtime import Runtime
+            from nbdesk.core.library import Library
+            from nbdesk.core.runtime import locate
 
-            self.rt = Runtime.open()
-        except BaseException as exc:  # raised on the GUI thread by runtime()
+            paths, settings = locate()
+            library = Library(paths)
+            self._opened = (paths, settings, library)
+        except BaseException as exc:  # raised on the GUI thread by opened()
             self.error = exc
             self._done.set()
             return
         try:
-            self._page = self.rt.library.first_page()
+            self._page = library.first_page()
         except Exception:  # the grid reads it again the usual way, and reports errors
             import logging  # (loaded with the core already)
 
@@ -111,14 +117,14 @@ class _Opener:
     def done(self) -> bool:
         return self._done.is_set()
 
-    def runtime(self) -> Runtime:
-        """The runtime; raises what opening it raised (LibraryError: the library cannot
-        be opened, a message for the user)."""
+    def opened(self) -> tuple[Paths, Settings, Library]:
+        """The paths, the settings and the open library; raises what opening them
+        raised (LibraryError: the library cannot be opened, a message for the user)."""
         self._done.wait()
         if self.error is not None:
             raise self.error
-        assert self.rt is not None
-        return self.rt
+        assert self._opened is not None
+        return self._opened
 
     def first_page(self) -> FirstPage | None:
         self._done.wait()
@@ -187,13 +193,13 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
 
     # 2. the library grid
     from nbdesk.core.library import LibraryError
-    from nbdesk.core.runtime import setup_logging
+    from nbdesk.core.runtime import Runtime, setup_logging
     from nbdesk.ui.library_view import LibraryView  # noqa: F401  (imported while it opens)
 
     while not opener.done():  # the frame stays responsive meanwhile (the database may
         _pump(1.0, until=opener.done)  # be locked by another nbdesk process for a while)
     try:
-        rt = opener.runtime()
+        paths, settings, opened_library = opener.opened()
     except LibraryError as exc:
         QMessageBox.critical(window, "nbdesk", str(exc))
         window.close()
@@ -205,10 +211,10 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     try:
         from nbdesk.ui.crash import CrashHandler
 
-        crash = CrashHandler(rt.paths.log_dir)
+        crash = CrashHandler(paths.log_dir)
         crash.install()
         if not window.was_closed:  # (closed while it started: nothing more to show)
-            window.add_library(rt.paths.thumbnails, preload=opener.first_page)
+            window.add_library(paths.thumbnails, preload=opener.first_page)
             library = window.library
             # The other panels wait for the grid's first screen (its thumbnails are
             # decoded on worker threads, which the next imports would slow), but not
@@ -222,12 +228,13 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
             shown = library.empty_label if library.is_empty_state() else library.list.viewport()
             if shown.isVisible():
                 shown.repaint()
+        rt = Runtime.around(paths, settings, opened_library)
         setup_logging(rt.paths)
         if window.was_closed:
             return 0
         return _run(app, rt, window, files)
     finally:
-        rt.close()
+        opened_library.close()  # (what rt.close() does)
 
 
 def _run(app: QApplication, rt: Runtime, window: MainWindow, files: Sequence[str]) -> int:

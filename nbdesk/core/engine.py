@@ -58,15 +58,9 @@ from nbdesk.api.refs import fetch_reference
 from nbdesk.api.validate import validate_request
 from nbdesk.core.connector import ConfigError, Connector
 from nbdesk.core.failpoints import failpoint
-from nbdesk.core.jobs import (
-    CONTINUE_KINDS,
-    RETRYABLE,
-    Job,
-    JobSpec,
-    JobState,
-    RefRecord,
-)
+from nbdesk.core.jobs import CONTINUE_KINDS, RETRYABLE, Job, JobSpec, JobState
 from nbdesk.core.library import Item, LeaseLost, Library, StoredImage, make_owner
+from nbdesk.core.refs import RefRecord
 
 if TYPE_CHECKING:
     import httpx

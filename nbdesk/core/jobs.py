@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nbdesk.core.refs import RefRecord
+
 
 class JobState(enum.StrEnum):
     QUEUED = "queued"
@@ -71,24 +73,6 @@ class JobParams:
             d["output_format"] = d.pop("format")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-@dataclass(frozen=True)
-class RefRecord:
-    """A reference image of a job: a URL, or a local file copied into the library."""
-
-    source: str  # what the user gave: a path or a URL
-    kind: str  # "url" | "file"
-    path: str | None = None  # library-relative copy, for files
-    sha256: str | None = None
-    width: int | None = None
-    height: int | None = None
-    mime: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RefRecord:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from nbdesk.core.library import Library
 from nbdesk.core.paths import Paths
-from nbdesk.core.secrets import RedactingFilter, SecretStore
 from nbdesk.core.settings import Settings, load_settings
 
-if TYPE_CHECKING:  # the engine's modules load when an engine is made: the window's
-    # library grid is up before that
+if TYPE_CHECKING:  # the engine's modules load when an engine is made, the key store's
+    # when the runtime is put together: the window's library grid is up before either
     from nbdesk.core.engine import Engine, EngineConfig
+    from nbdesk.core.secrets import SecretStore
     from nbdesk.sim import SimConfig
 
 
@@ -35,11 +35,17 @@ class Runtime:
     @classmethod
     def open(cls, env: Mapping[str, str] | None = None) -> Runtime:
         """Raises LibraryError (user-facing) when the library cannot be opened."""
-        paths = Paths.resolve(env)
-        settings = load_settings(paths.settings_file)
-        if settings.library_dir and "NBDESK_HOME" not in (os.environ if env is None else env):
-            paths = Paths.resolve(env, library_dir=_expand(settings.library_dir))
-        return cls(paths, settings, SecretStore(environ=env), Library(paths), env)
+        paths, settings = locate(env)
+        return cls.around(paths, settings, Library(paths), env)
+
+    @classmethod
+    def around(cls, paths: Paths, settings: Settings, library: Library,
+               env: Mapping[str, str] | None = None) -> Runtime:
+        """The runtime of a library opened already (the window opens it first, on its
+        own thread, and adds the rest once the grid is drawn)."""
+        from nbdesk.core.secrets import SecretStore
+
+        return cls(paths, settings, SecretStore(environ=env), library, env)
 
     def engine_config(self, *, take_over: bool = True) -> EngineConfig:
         from nbdesk.core.engine import EngineConfig
@@ -87,12 +93,24 @@ async def start_engine(engine: Engine, *, resume: bool = True) -> None:
     await engine.start(resume=resume)
 
 
+def locate(env: Mapping[str, str] | None = None) -> tuple[Paths, Settings]:
+    """Where everything is, and the settings: the library's folder may be one of them
+    (unless NBDESK_HOME says otherwise)."""
+    paths = Paths.resolve(env)
+    settings = load_settings(paths.settings_file)
+    if settings.library_dir and "NBDESK_HOME" not in (os.environ if env is None else env):
+        paths = Paths.resolve(env, library_dir=_expand(settings.library_dir))
+    return paths, settings
+
+
 def _expand(path: str) -> Path:
     return Path(path).expanduser()
 
 
 def setup_logging(paths: Paths, *, verbose: bool = False) -> None:
     """Log to a rotating file under the log folder; keys are redacted from every record."""
+    from nbdesk.core.secrets import RedactingFilter
+
     root = logging.getLogger()
     if any(getattr(h, "_nbdesk", False) for h in root.handlers):
         return

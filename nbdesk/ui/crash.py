@@ -13,14 +13,21 @@ from types import TracebackType
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from nbdesk.core.secrets import RedactingFilter, redact
-
 log = logging.getLogger("nbdesk.crash")
 
 
 def report_text(exc_type: type[BaseException], exc: BaseException,
                 tb: TracebackType | None) -> str:
     text = "".join(traceback.format_exception(exc_type, exc, tb))
+    return _masked(text)
+
+
+def _masked(text: str) -> str:
+    """``text`` with every known key masked. (The key store's module, with its thread
+    pool's, loads here: the handler is installed before the window's first screen,
+    which needs neither.)"""
+    from nbdesk.core.secrets import RedactingFilter, redact
+
     return redact(text, RedactingFilter.known())
 
 
@@ -64,7 +71,7 @@ class CrashHandler:
         box = QMessageBox(QMessageBox.Icon.Critical, "nbdesk — unexpected error",
                           "Something went wrong inside nbdesk. Your jobs and library are "
                           "safe; the app keeps running.")
-        masked = redact(f"{name}: {message}", RedactingFilter.known())
+        masked = _masked(f"{name}: {message}")
         where = f"\n\nA report was saved to {path}" if path else ""
         box.setInformativeText(masked[:500] + where)
         box.setDetailedText(text)

@@ -219,11 +219,36 @@ def test_the_grids_ids_are_read_in_the_order_of_their_own_index(tmp_path: Path) 
     the live-items index in order, with no sort and no trashed rows to skip."""
     lib = Library(paths_in(tmp_path))
     try:
-        sql = ("SELECT items.id " + Library._item_filter(None, None, None, False, None, None,
-                                                         False)[0]
-               + " ORDER BY items.completed_at DESC, items.id DESC")
-        plan = " ".join(str(r[3]) for r in lib._conn.execute("EXPLAIN QUERY PLAN " + sql))
+        sql, args = Library._ids_query()
+        plan = " ".join(str(r[3]) for r in lib._conn.execute("EXPLAIN QUERY PLAN " + sql, args))
         assert "INDEX items_live_order" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        lib.close()
+
+
+def test_item_ids_keep_the_grids_order(tmp_path: Path) -> None:
+    """item_ids reads the ids joined in one row; they come in the grid's order (newest
+    first, the larger id first on a tie), filtered as the items themselves are."""
+    import random
+
+    lib = Library(paths_in(tmp_path))
+    try:
+        ids = [add_item(lib, f"{'red' if n % 3 else 'blue'} cat {n}") for n in range(60)]
+        rng = random.Random(7)
+        moments = [1_700_000_000.0 + rng.randrange(20) for _ in ids]  # ties, out of order
+        when = dict(zip(ids, moments, strict=True))
+        with lib._write() as conn:
+            conn.executemany("UPDATE items SET completed_at = ?, favourite = ? WHERE id = ?",
+                             [(when[i], n % 4 == 0, i) for n, i in enumerate(ids)])
+        expected = sorted(ids, key=lambda i: (when[i], i), reverse=True)
+        assert lib.item_ids() == expected == [i.id for i in lib.items()]
+        for filters in ({"text": "blue"}, {"favourites": True},
+                        {"since": 1_700_000_005.0, "until": 1_700_000_012.0}):
+            assert lib.item_ids(**filters) == [i.id for i in lib.items(**filters)], filters
+        lib.trash(expected[:5])
+        assert lib.item_ids() == expected[5:]
+        assert lib.item_ids(trash=True) == [i.id for i in lib.items(trash=True)] == expected[:5]
+        assert lib.item_ids(text="no such word") == []
     finally:
         lib.close()
 

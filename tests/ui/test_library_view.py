@@ -17,8 +17,9 @@ from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtWidgets import QFileDialog, QWidget
 from pytestqt.qtbot import QtBot
 
-from nbdesk.core.jobs import JobParams, JobSpec, RefRecord
+from nbdesk.core.jobs import JobParams, JobSpec
 from nbdesk.core.library import Item, Library, make_owner
+from nbdesk.core.refs import RefRecord
 from nbdesk.ui.library_view import (
     ADD_INTERVAL,
     EMPTY_TEXT,

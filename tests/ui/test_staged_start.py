@@ -142,7 +142,7 @@ def test_the_app_style_is_fusion() -> None:
 
 
 
-def test_the_opener_thread_gives_the_runtime_and_the_first_page(
+def test_the_opener_thread_gives_the_open_library_and_the_first_page(
     ui_env: UiEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nbdesk.app import _Opener
@@ -150,13 +150,15 @@ def test_the_opener_thread_gives_the_runtime_and_the_first_page(
     newest = add_item(ui_env.rt.library, "opened on a thread")
     monkeypatch.setenv("NBDESK_HOME", str(ui_env.home))
     opener = _Opener()
-    rt = opener.runtime()
+    paths, settings, library = opener.opened()
     try:
+        assert paths == ui_env.rt.paths and settings == ui_env.rt.settings
+        assert library.item(newest).prompt == "opened on a thread"
         page = opener.first_page()
         assert page is not None and page.ids == [newest]
         assert page.items[newest].prompt == "opened on a thread"
     finally:
-        rt.close()
+        library.close()
 
 
 def test_a_library_that_cannot_be_read_is_reported_and_nothing_starts(
@@ -174,7 +176,7 @@ def test_a_library_that_cannot_be_read_is_reported_and_nothing_starts(
 
     opener = app_module._Opener()
     with pytest.raises(LibraryError, match="cannot be read"):
-        opener.runtime()
+        opener.opened()
 
     shown: list[str] = []  # (the real dialog is modal: it would wait for a click)
     monkeypatch.setattr(QMessageBox, "critical",
@@ -273,7 +275,9 @@ def test_the_first_screen_is_drawn_without_the_types_it_does_not_need(tmp_path: 
     screen (steps 1 and 2 for real, in a fresh interpreter) is drawn, a cell selected,
     without QStyle (6-12 ms), the types of the grid's actions and dialogs, or every
     QEvent subclass (what a Python event filter makes PySide build, ~4 ms); and without
-    OpenSSL (hashlib), uuid or platformdirs loaded."""
+    OpenSSL (hashlib), uuid or platformdirs loaded, and (until the runtime is put together,
+    once the grid is drawn) neither the key store's module, with its thread pool's, nor the
+    job classes."""
     import json
     import os
     import subprocess
@@ -293,6 +297,22 @@ def test_the_first_screen_is_drawn_without_the_types_it_does_not_need(tmp_path: 
     code = """
 import json, sys
 import nbdesk.app as app
+from nbdesk.core.runtime import Runtime
+
+around = Runtime.around
+before_runtime = {}
+
+def snapshot(*args, **kwargs):  # the runtime is put together after the first screen
+    from PySide6.QtWidgets import QApplication
+    from nbdesk.ui.main_window import MainWindow
+
+    window, = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow)]
+    before_runtime["drawn"] = window.library.first_screen_shown
+    before_runtime["modules"] = [m for m in ("nbdesk.core.secrets", "concurrent.futures",
+                                             "nbdesk.core.jobs") if m in sys.modules]
+    return around(*args, **kwargs)
+
+Runtime.around = snapshot
 
 def step_3(_app, rt, window, files):  # where the asyncio loop and the engine would start
     grid = window.library
@@ -313,7 +333,7 @@ def step_3(_app, rt, window, files):  # where the asyncio loop and the engine wo
         "types": sorted(n for n in made if n in ("QStyle", "QKeySequence", "QFileDialog",
                         "QUrl") or n.startswith("QGraphicsScene")),
         "modules": sorted(m for m in ("hashlib", "uuid", "platformdirs", "asyncio")
-                          if m in sys.modules)}))
+                          if m in sys.modules), "before_runtime": before_runtime}))
     return 0
 
 app._run = step_3
@@ -326,3 +346,4 @@ sys.exit(app.main())
     assert seen["rows"] == 3 and seen["cells"] >= 3 and seen["selected"] == 1
     assert seen["types"] == []
     assert seen["modules"] == []
+    assert seen["before_runtime"] == {"drawn": True, "modules": []}

@@ -11,7 +11,8 @@ from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage, QWheelEvent
 from PySide6.QtWidgets import QApplication, QFileDialog
 from pytestqt.qtbot import QtBot
 
-from nbdesk.core.jobs import JobParams, RefRecord
+from nbdesk.core.jobs import JobParams
+from nbdesk.core.refs import RefRecord
 from nbdesk.ui import viewer as viewer_module
 from nbdesk.ui.library_view import MIME_IDS
 from nbdesk.ui.thumbnails import ThumbnailCache
