@@ -161,7 +161,7 @@ def main(argv: Sequence[str] = (), files: Sequence[str] = ()) -> int:
 
 
 def _start(argv: Sequence[str], files: Sequence[str]) -> int:
-    from PySide6.QtWidgets import QApplication, QMessageBox
+    from PySide6.QtWidgets import QApplication  # (QMessageBox where a start fails: ~3 ms)
 
     from nbdesk.core.paths import Paths
     from nbdesk.ui.launch import apply_identity
@@ -201,10 +201,14 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     try:
         paths, settings, opened_library = opener.opened()
     except LibraryError as exc:
+        from PySide6.QtWidgets import QMessageBox
+
         QMessageBox.critical(window, "nbdesk", str(exc))
         window.close()
         return 3
     except Exception as exc:  # a bug, or the system's: said, then reported as the CLI does
+        from PySide6.QtWidgets import QMessageBox
+
         QMessageBox.critical(window, "nbdesk", f"nbdesk could not start: {exc}")
         window.close()
         raise

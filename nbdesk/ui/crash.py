@@ -9,9 +9,14 @@ import time
 import traceback
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication
+
+if TYPE_CHECKING:  # (made when a dialog is shown: the handler is installed before the
+    # window's first screen, which has no message box)
+    from PySide6.QtWidgets import QMessageBox
 
 log = logging.getLogger("nbdesk.crash")
 
@@ -68,6 +73,8 @@ class CrashHandler:
     def _show(self, name: str, message: str, text: str, path: Path | None) -> None:
         if QApplication.instance() is None:
             return
+        from PySide6.QtWidgets import QMessageBox
+
         box = QMessageBox(QMessageBox.Icon.Critical, "nbdesk — unexpected error",
                           "Something went wrong inside nbdesk. Your jobs and library are "
                           "safe; the app keeps running.")

@@ -79,12 +79,12 @@ class MainWindow(QMainWindow):
     # built by add_library
     thumbnails: ThumbnailCache
     library: LibraryView
-    messages: MessageBar
     viewer_stack: QStackedWidget
     left: QSplitter
     right: QSplitter
     split: QSplitter
     # built by attach
+    messages: MessageBar  # (hidden until there is one: not part of the first screen)
     controller: Controller
     rt: Runtime
     composer: Composer
@@ -134,7 +134,6 @@ class MainWindow(QMainWindow):
         from PySide6.QtWidgets import QSplitter, QStackedWidget, QVBoxLayout
 
         from nbdesk.ui.library_view import LibraryView
-        from nbdesk.ui.message_bar import MessageBar
         from nbdesk.ui.thumbnails import ThumbnailCache
 
         # Thumbnails are decoded at the grid's display size in worker threads, so the
@@ -143,7 +142,6 @@ class MainWindow(QMainWindow):
             thumbnail_dir, size=round(GRID_ICON * self.devicePixelRatioF()))
         self.library = LibraryView(None, self.thumbnails, icon_size=GRID_ICON,
                                    preload=None if preload is None else preload())
-        self.messages = MessageBar()
         self.viewer_stack = QStackedWidget()  # the welcome text and the viewer: attach
 
         self.left = QSplitter(Qt.Orientation.Vertical)
@@ -169,9 +167,8 @@ class MainWindow(QMainWindow):
         self.right.setSizes([500, 340])
         self._splitters = [self.split, self.left, self.right]
         central = QWidget()
-        layout = QVBoxLayout(central)
+        layout = self._central_layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 6, 6, 0)
-        layout.addWidget(self.messages)
         layout.addWidget(self.split, 1)
         self.setCentralWidget(central)
         self._restore_splitters()  # near the saved sizes: exact once the panels are in
@@ -183,11 +180,14 @@ class MainWindow(QMainWindow):
 
         from nbdesk.ui.composer import Composer
         from nbdesk.ui.labels import WrappedTextLabel
+        from nbdesk.ui.message_bar import MessageBar
         from nbdesk.ui.queue_view import QueueView
         from nbdesk.ui.viewer import ImageViewer
 
         self.controller = controller
         self.rt = controller.rt
+        self.messages = MessageBar()
+        self._central_layout.insertWidget(0, self.messages)  # above the panels
         self.composer = Composer(controller)
         self.queue = QueueView(controller)
         self.viewer = ImageViewer(controller, self.thumbnails)

@@ -16,6 +16,7 @@ cannot be read becomes the ``broken`` placeholder, never an exception.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -229,7 +230,12 @@ class ThumbnailCache(QObject):
         self._backlog = _Backlog(backlog)
         self._broken: set[int] = set()
         self.loading = make_placeholder(size, broken=False)
-        self.broken = make_placeholder(size, broken=True)
+
+    @functools.cached_property
+    def broken(self) -> QImage:
+        """The placeholder of a file that cannot be read (made when one is first met,
+        not while the window starts)."""
+        return make_placeholder(self.size, broken=True)
 
     @property
     def loads_started(self) -> int:

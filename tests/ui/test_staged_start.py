@@ -5,6 +5,8 @@ and breaks nothing."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,18 @@ from nbdesk.ui.main_window import MainWindow
 from nbdesk.ui.queue_view import QueueView
 from tests.ui.conftest import UiEnv
 from tests.ui.test_library_view import add_item, bulk_items
+
+
+@pytest.fixture(autouse=True)
+def _app_log_handler_removed() -> Iterator[None]:
+    """Tests here run ``app.main()``, which adds nbdesk's log handler to the process-wide
+    root logger; it goes again after each (other tests add their own)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def frame(qtbot: QtBot, env: UiEnv) -> MainWindow:
@@ -273,7 +287,8 @@ def test_an_empty_library_does_not_hold_the_start_up(
 def test_the_first_screen_is_drawn_without_the_types_it_does_not_need(tmp_path: Path) -> None:
     """PySide builds a Qt type, with its enums, the first time it is used. The first
     screen (steps 1 and 2 for real, in a fresh interpreter) is drawn, a cell selected,
-    without QStyle (6-12 ms), the types of the grid's actions and dialogs, or every
+    without QStyle (6-12 ms), the types of the grid's actions and dialogs, of the message
+    box or the message bar's button, or every
     QEvent subclass (what a Python event filter makes PySide build, ~4 ms); and without
     OpenSSL (hashlib), uuid or platformdirs loaded, and (until the runtime is put together,
     once the grid is drawn) neither the key store's module, with its thread pool's, nor the
@@ -331,7 +346,8 @@ def step_3(_app, rt, window, files):  # where the asyncio loop and the engine wo
     print(json.dumps({
         "rows": grid.model.rowCount(), "cells": len(cells), "selected": sum(cells),
         "types": sorted(n for n in made if n in ("QStyle", "QKeySequence", "QFileDialog",
-                        "QUrl") or n.startswith("QGraphicsScene")),
+                        "QUrl", "QMessageBox", "QToolButton")
+                        or n.startswith("QGraphicsScene")),
         "modules": sorted(m for m in ("hashlib", "uuid", "platformdirs", "asyncio")
                           if m in sys.modules), "before_runtime": before_runtime}))
     return 0
