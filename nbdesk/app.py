@@ -201,17 +201,12 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     try:
         paths, settings, opened_library = opener.opened()
     except LibraryError as exc:
-        from PySide6.QtWidgets import QMessageBox
-
-        QMessageBox.critical(window, "nbdesk", str(exc))
-        window.close()
+        _could_not_start(window, str(exc))
         return 3
     except Exception as exc:  # a bug, or the system's: said, then reported as the CLI does
-        from PySide6.QtWidgets import QMessageBox
-
-        QMessageBox.critical(window, "nbdesk", f"nbdesk could not start: {exc}")
-        window.close()
+        _could_not_start(window, f"nbdesk could not start: {exc}")
         raise
+    rt: Runtime | None = None
     try:
         from nbdesk.ui.crash import CrashHandler
 
@@ -232,13 +227,28 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
             shown = library.empty_label if library.is_empty_state() else library.list.viewport()
             if shown.isVisible():
                 shown.repaint()
-        rt = Runtime.around(paths, settings, opened_library)
-        setup_logging(rt.paths)
         if window.was_closed:
             return 0
+        try:  # the rest of the runtime (the key store), now that the grid is drawn
+            rt = Runtime.around(paths, settings, opened_library)
+            setup_logging(rt.paths)
+        except Exception as exc:
+            _could_not_start(window, f"nbdesk could not start: {exc}")
+            raise
         return _run(app, rt, window, files)
     finally:
-        opened_library.close()  # (what rt.close() does)
+        if rt is not None:
+            rt.close()
+        else:
+            opened_library.close()
+
+
+def _could_not_start(window: MainWindow, text: str) -> None:
+    """Say why in a box (its type is made only then), and close the window."""
+    from PySide6.QtWidgets import QMessageBox
+
+    QMessageBox.critical(window, "nbdesk", text)
+    window.close()
 
 
 def _run(app: QApplication, rt: Runtime, window: MainWindow, files: Sequence[str]) -> int:

@@ -744,7 +744,10 @@ class Library:
         for every row it steps and waits for it again after each, up to the switch
         interval while another thread runs Python. 10,000 rows took ~50 ms beside a busy
         thread (the window's, as it starts), one row ~8 ms. The aggregate reads its
-        subquery in order (test_item_ids_keep_the_grids_order checks it)."""
+        ordered subquery in order. SQLite does so, but its documentation promises an
+        aggregate's order only from 3.44 (``ORDER BY`` inside the aggregate), which this
+        code cannot require: test_item_ids_keep_the_grids_order checks it on the SQLite
+        in use."""
         sql, args = cls._item_filter(
             filters.get("text"), filters.get("provider"), filters.get("model"),
             filters.get("favourites", False), filters.get("since"), filters.get("until"),

@@ -36,7 +36,12 @@ class Runtime:
     def open(cls, env: Mapping[str, str] | None = None) -> Runtime:
         """Raises LibraryError (user-facing) when the library cannot be opened."""
         paths, settings = locate(env)
-        return cls.around(paths, settings, Library(paths), env)
+        library = Library(paths)
+        try:
+            return cls.around(paths, settings, library, env)
+        except BaseException:
+            library.close()
+            raise
 
     @classmethod
     def around(cls, paths: Paths, settings: Settings, library: Library,

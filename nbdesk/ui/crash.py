@@ -28,9 +28,9 @@ def report_text(exc_type: type[BaseException], exc: BaseException,
 
 
 def _masked(text: str) -> str:
-    """``text`` with every known key masked. (The key store's module, with its thread
-    pool's, loads here: the handler is installed before the window's first screen,
-    which needs neither.)"""
+    """``text`` with every known key masked. (The key store's module, and
+    ``concurrent.futures`` with it, loads here: the handler is installed before the
+    window's first screen, which needs neither.)"""
     from nbdesk.core.secrets import RedactingFilter, redact
 
     return redact(text, RedactingFilter.known())

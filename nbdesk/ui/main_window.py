@@ -84,7 +84,7 @@ class MainWindow(QMainWindow):
     right: QSplitter
     split: QSplitter
     # built by attach
-    messages: MessageBar  # (hidden until there is one: not part of the first screen)
+    messages: MessageBar  # (hidden until there is a message: not in the first screen)
     controller: Controller
     rt: Runtime
     composer: Composer

@@ -240,10 +240,14 @@ def test_item_ids_keep_the_grids_order(tmp_path: Path) -> None:
         with lib._write() as conn:
             conn.executemany("UPDATE items SET completed_at = ?, favourite = ? WHERE id = ?",
                              [(when[i], n % 4 == 0, i) for n, i in enumerate(ids)])
+            conn.executemany("UPDATE items SET provider = 'apifree', model = ? WHERE id = ?",
+                             [("google/nano-banana-pro", i) for i in ids[::5]])
         expected = sorted(ids, key=lambda i: (when[i], i), reverse=True)
         assert lib.item_ids() == expected == [i.id for i in lib.items()]
-        for filters in ({"text": "blue"}, {"favourites": True},
+        for filters in ({"text": "blue"}, {"favourites": True}, {"provider": "apifree"},
+                        {"model": "nano-banana", "text": "red"},
                         {"since": 1_700_000_005.0, "until": 1_700_000_012.0}):
+            assert lib.item_ids(**filters), filters  # (each filter keeps some)
             assert lib.item_ids(**filters) == [i.id for i in lib.items(**filters)], filters
         lib.trash(expected[:5])
         assert lib.item_ids() == expected[5:]

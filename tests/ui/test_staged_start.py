@@ -200,6 +200,38 @@ def test_a_library_that_cannot_be_read_is_reported_and_nothing_starts(
     assert db.read_bytes() == before  # left untouched
 
 
+def test_a_runtime_that_cannot_be_put_together_is_reported_and_the_library_closed(
+    qtbot: QtBot, ui_env: UiEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rest of the runtime (the key store) is put together after the grid's first
+    screen: a failure there is said in a box, as one while opening is, and the library
+    opened for the grid is closed."""
+    import nbdesk.app as app_module
+    from nbdesk.core.library import Library
+    from nbdesk.core.runtime import Runtime
+
+    def broken(*_args: object, **_kwargs: object) -> Runtime:
+        raise RuntimeError("no key store module")
+
+    closed: list[Library] = []
+    close = Library.close
+
+    def counted_close(self: Library) -> None:
+        closed.append(self)
+        close(self)
+
+    shown: list[str] = []  # (the real dialog is modal: it would wait for a click)
+    monkeypatch.setattr(QMessageBox, "critical",
+                        staticmethod(lambda _parent, _title, text: shown.append(text)))
+    monkeypatch.setattr(Runtime, "around", broken)
+    monkeypatch.setattr(Library, "close", counted_close)
+    monkeypatch.setenv("NBDESK_HOME", str(ui_env.home))
+    with pytest.raises(RuntimeError, match="no key store module"):
+        app_module.main()
+    assert shown == ["nbdesk could not start: no key store module"]
+    assert len(closed) == 1 and closed[0] is not ui_env.rt.library
+
+
 def test_a_window_closed_while_it_starts_ends_the_app_in_order(
     qtbot: QtBot, ui_env: UiEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,8 +323,8 @@ def test_the_first_screen_is_drawn_without_the_types_it_does_not_need(tmp_path: 
     box or the message bar's button, or every
     QEvent subclass (what a Python event filter makes PySide build, ~4 ms); and without
     OpenSSL (hashlib), uuid or platformdirs loaded, and (until the runtime is put together,
-    once the grid is drawn) neither the key store's module, with its thread pool's, nor the
-    job classes."""
+    once the grid is drawn) neither the key store's module (and ``concurrent.futures``)
+    nor the job classes."""
     import json
     import os
     import subprocess
