@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -266,6 +267,7 @@ def _run(app: QApplication, rt: Runtime, window: MainWindow, files: Sequence[str
     closed = asyncio.Event()
     app.aboutToQuit.connect(closed.set)
     window.closed.connect(closed.set)
+    log = logging.getLogger("nbdesk")
 
     async def run() -> None:
         if window.was_closed:  # (closed as this step began: the engine need not start)
@@ -281,16 +283,68 @@ def _run(app: QApplication, rt: Runtime, window: MainWindow, files: Sequence[str
             if closed.is_set():
                 return
             await start_engine(engine, resume=True)
+            log.info("started: library %s", rt.paths.root)
             asyncio.get_running_loop().call_later(1.0, settle_heap)
             await closed.wait()
         # leaving the block stopped the engine: unfinished jobs resume on the next start
+        log.info("stopped")
 
-    with loop:
-        task = loop.create_task(run())
-        while not task.done():
-            # Qt may quit (last window closed, session end) before the engine has
-            # stopped; run the loop again until the orderly shutdown has finished.
-            with contextlib.suppress(RuntimeError):
-                loop.run_until_complete(task)
-        task.result()
+    restore_signals = close_on_signals(window)
+    try:
+        with loop:
+            task = loop.create_task(run())
+            while not task.done():
+                # Qt may quit (last window closed, session end) before the engine has
+                # stopped; run the loop again until the orderly shutdown has finished.
+                with contextlib.suppress(RuntimeError):
+                    loop.run_until_complete(task)
+            task.result()
+    finally:
+        restore_signals()
     return 0
+
+
+def close_on_signals(window: MainWindow) -> Callable[[], None]:
+    """SIGTERM (a logout, a service manager, ``kill``) and SIGINT (Ctrl+C in the
+    terminal that started the app) close the window as its close button does: the
+    layout is saved and the engine stops in order (jobs still running at the provider
+    resume at the next start, as after a crash). Returns the undo.
+
+    Python runs a signal's handler only when it next runs Python code, and Qt's loop
+    may be asleep in C++: the signal is also written to a socket (``set_wakeup_fd``)
+    whose notifier wakes the loop. POSIX only (Windows ends a session through Qt's
+    own messages)."""
+    if sys.platform == "win32":
+        return lambda: None
+    import signal
+    import socket
+
+    from PySide6.QtCore import QSocketNotifier, QTimer
+
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    notifier = QSocketNotifier(reader.fileno(), QSocketNotifier.Type.Read, window)
+
+    def drain() -> None:  # (the handler itself has run by now: this is Python code)
+        with contextlib.suppress(OSError):
+            while reader.recv(64):
+                pass
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        QTimer.singleShot(0, window.close)  # from the loop, not inside whatever ran
+
+    notifier.activated.connect(drain)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def restore() -> None:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        notifier.setEnabled(False)
+        notifier.deleteLater()
+        reader.close()
+        writer.close()
+
+    return restore
