@@ -401,33 +401,27 @@ class Library:
         return [self.job(i) for i in ids]
 
     def job(self, job_id: str) -> Job:
-        from nbdesk.core.jobs import Job
-
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise KeyError(job_id)
-        return Job.from_row(rows[0])
+        return _job(rows[0])
 
     def find_job(self, prefix: str) -> Job:
         """A job by its id or a unique prefix of it (for the CLI)."""
-        from nbdesk.core.jobs import Job
-
         rows = self._query(
             "SELECT * FROM jobs WHERE id = ? OR id LIKE ? LIMIT 2",
             (prefix, prefix.replace("%", "").replace("_", "") + "%"),
         )
         exact = [r for r in rows if r["id"] == prefix]
         if exact:
-            return Job.from_row(exact[0])
+            return _job(exact[0])
         if len(rows) != 1 or len(prefix) < 4:
             raise KeyError(prefix)
-        return Job.from_row(rows[0])
+        return _job(rows[0])
 
     def jobs(
         self, states: Iterable[JobState] | None = None, limit: int | None = None
     ) -> list[Job]:
-        from nbdesk.core.jobs import Job
-
         sql = "SELECT * FROM jobs"
         args: list[Any] = []
         if states is not None:
@@ -438,12 +432,10 @@ class Library:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [Job.from_row(r) for r in self._query(sql, args)]
+        return [_job(r) for r in self._query(sql, args)]
 
     def update_job(self, job_id: str, owner: str | None, **fields: Any) -> Job:
         """Persist fields of a job this owner holds the lease on (raises LeaseLost)."""
-        from nbdesk.core.jobs import Job
-
         fields = {k: _encode(v) for k, v in fields.items()}
         fields["updated_at"] = self._clock()
         sets = ", ".join(f"{k} = ?" for k in fields)
@@ -457,7 +449,7 @@ class Library:
                 rows = conn.execute(sql + " RETURNING *", args).fetchall()
             if len(rows) != 1:
                 raise LeaseLost(job_id)
-            return Job.from_row(rows[0])
+            return _job(rows[0])
         with self._write() as conn:
             if conn.execute(sql, args).rowcount != 1:
                 raise LeaseLost(job_id)
@@ -906,6 +898,14 @@ def fts_query(text: str) -> str:
     """Turn user text into a safe FTS5 query: every word must match (prefix match)."""
     words = [w for w in "".join(c if c.isalnum() else " " for c in text).split() if w]
     return " ".join(f'"{w}"*' for w in words) if words else '""'
+
+
+def _job(row: sqlite3.Row) -> Job:
+    """A job read from its row. (The job classes load here, with the first job read:
+    the library grid opens the library and reads its items before any.)"""
+    from nbdesk.core.jobs import Job
+
+    return Job.from_row(row)
 
 
 def _encode(value: Any) -> Any:
