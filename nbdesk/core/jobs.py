@@ -42,9 +42,52 @@ FINISHED = frozenset(
 )
 RETRYABLE = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED})
 
-#: failures that leave a paid remote job usable: a retry of a job that has a remote id
-#: and failed this way continues it (poll, download) instead of paying again
-CONTINUE_KINDS = frozenset({"storage", "download", "auth", "timeout", "config"})
+#: The most images one queueing may ask for (the CLI's ``--count``, the window's spin
+#: box): one job, and one payment, each.
+MAX_COUNT = 16
+
+#: Failure kinds that prove a submit was refused or never left the machine: nothing was
+#: taken on, so sending it now is the job's first (and only) payment.
+NOT_SENT_KINDS = frozenset({"bad_input", "config", "auth", "bad_request", "offline"})
+
+
+class RetryPlan(enum.StrEnum):
+    """What Retry does with a job: the one rule, read by the engine, the CLI and the window.
+
+    CONTINUE  the provider has the job (a remote id) or its answer is kept on disk: poll,
+              download, store. No new payment, whatever the job failed of.
+    SUBMIT    the job never reached the provider (or the provider dedups by our
+              idempotency key, which is kept): sent now, paid once.
+    RESUBMIT  the provider may have taken (and billed) it already, or ran it and failed it:
+              a new paid submission, which the user is asked about first.
+    """
+
+    CONTINUE = "continue"
+    SUBMIT = "submit"
+    RESUBMIT = "resubmit"
+
+    @property
+    def paid(self) -> bool:
+        return self is not RetryPlan.CONTINUE
+
+
+def retry_plan(job: Job, *, synchronous: bool, idempotent: bool) -> RetryPlan:
+    """How a retry of ``job`` goes (see RetryPlan); ``synchronous`` and ``idempotent``
+    are the provider's (its capability table row)."""
+    if job.error_kind == "provider_failed":
+        return RetryPlan.RESUBMIT  # the provider ran it and failed it: nothing to fetch
+    if synchronous:
+        if job.result_urls and job.error_kind != "lost":
+            return RetryPlan.CONTINUE  # the answer is kept on disk
+    elif job.remote_id:
+        return RetryPlan.CONTINUE  # a remote id is never submitted again
+    if job.state is JobState.INTERRUPTED or job.error_kind == "lost":
+        return RetryPlan.RESUBMIT
+    if job.submit_attempts == 0 or job.error_kind in NOT_SENT_KINDS:
+        return RetryPlan.SUBMIT
+    if idempotent and not synchronous:
+        return RetryPlan.SUBMIT  # resent with the same idempotency key: never billed twice
+    return RetryPlan.RESUBMIT
 
 PARAMS_VERSION = 1
 
