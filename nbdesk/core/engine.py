@@ -58,7 +58,15 @@ from nbdesk.api.refs import fetch_reference
 from nbdesk.api.validate import validate_request
 from nbdesk.core.connector import ConfigError, Connector
 from nbdesk.core.failpoints import failpoint
-from nbdesk.core.jobs import CONTINUE_KINDS, RETRYABLE, Job, JobSpec, JobState
+from nbdesk.core.jobs import (
+    NOT_SENT_KINDS,
+    RETRYABLE,
+    Job,
+    JobSpec,
+    JobState,
+    RetryPlan,
+    retry_plan,
+)
 from nbdesk.core.library import Item, LeaseLost, Library, StoredImage, make_owner
 from nbdesk.core.refs import RefRecord
 
@@ -350,12 +358,13 @@ class Engine:
         )
 
     async def retry(self, job_id: str) -> Job:
-        """Run a failed, interrupted or cancelled job again.
+        """Run a failed, interrupted or cancelled job again, as ``retry_plan`` says.
 
-        A job the provider already accepted, which failed afterwards for a reason that
-        leaves the remote job usable (key refused while polling, timeout, download or
-        storage trouble), continues: polled with fresh links and downloaded, nothing paid
-        twice. Any other retry is a new paid submission with a new idempotency key.
+        A job the provider has (a remote id), or whose paid answer is kept on disk, is
+        continued: polled with fresh links and downloaded, or stored; nothing is paid
+        twice, whatever it failed of. Only a job that never reached the provider, or one
+        the provider may have billed without our knowing its id (interrupted), is sent
+        again; ``retry_plan(job).paid`` tells a caller so before it asks.
         """
         job = await self.db(self.library.job, job_id)
         if job.state not in RETRYABLE:
@@ -367,29 +376,41 @@ class Engine:
         common: dict[str, Any] = dict(
             error=None, error_kind=None, note=None, finished_at=None, cancel_requested=False
         )
-        if PROVIDERS[job.provider].synchronous:
-            # No remote job to ask again: what was paid for is the answer kept on disk.
-            kept = job.error_kind in CONTINUE_KINDS and bool(job.result_urls) and await self.db(
-                self._answer_kept, job)
-            continued = JobState.DOWNLOADING if kept else None
-        elif job.error_kind in CONTINUE_KINDS and job.remote_id:
-            continued = JobState.SUBMITTED
-        else:
-            continued = None
-        if continued is JobState.DOWNLOADING:
-            job = await self._update(claimed, state=continued, **common)
-        elif continued is not None:
+        caps = PROVIDERS[job.provider]
+        plan = self.retry_plan(claimed)
+        if plan is RetryPlan.CONTINUE and caps.synchronous:
+            if await self.db(self._answer_kept, claimed):
+                job = await self._update(claimed, state=JobState.DOWNLOADING, **common)
+            else:
+                failed = await self._fail(
+                    claimed, "the image of the answer was lost before it was stored; "
+                    "Retry makes a new paid call", "lost")
+                await self.db(self.library.release, self.owner, job_id)
+                return failed
+        elif plan is RetryPlan.CONTINUE:
             # Paid already: ask the provider again (fresh links; the old may be dead).
-            job = await self._update(claimed, state=continued, result_urls=(), **common)
+            job = await self._update(claimed, state=JobState.SUBMITTED, result_urls=(),
+                                     **common)
         else:
+            # The same idempotency key where the provider dedups by it and the submit may
+            # have reached it: the provider then finds its own job instead of billing.
+            keep_key = (plan is RetryPlan.SUBMIT and caps.idempotent_submit
+                        and claimed.error_kind not in NOT_SENT_KINDS)
             await self.db(self.library.clear_answer, job_id)
             job = await self._update(
-                claimed, state=JobState.QUEUED, idem_key=str(uuid.uuid4()), remote_id=None,
+                claimed, state=JobState.QUEUED,
+                idem_key=claimed.idem_key if keep_key else str(uuid.uuid4()), remote_id=None,
                 result_urls=(), progress=None, cost=None, submitted_at=None, turn=(),
                 **common,
             )
         self._spawn(job.id)
         return job
+
+    @staticmethod
+    def retry_plan(job: Job) -> RetryPlan:
+        """What a retry of ``job`` would do (and whether it costs money)."""
+        caps = PROVIDERS[job.provider]
+        return retry_plan(job, synchronous=caps.synchronous, idempotent=caps.idempotent_submit)
 
     async def remove(self, job_id: str) -> None:
         """Forget a finished job; its images stay in the library."""
