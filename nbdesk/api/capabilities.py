@@ -38,6 +38,11 @@ class ModelCaps:
     url_refs: bool = True  # takes http(s) URLs as references (else local files only)
     #: conversational editing: how many earlier (prompt, image) turns an edit sends back
     history_turns: int = 0
+    #: the most images one request may bring back; a result listing more is a protocol
+    #: error and none beyond this is stored. One prompt makes one image (the docs show
+    #: one); Apiframe's result "holds the output URL(s)" and Gemini may interleave an
+    #: image or two with text, so a few, never hundreds.
+    max_images: int = 4
     #: estimated price per image by resolution (None: the model's only size), where the
     #: provider reports no cost itself
     price: dict[str | None, float] = field(default_factory=dict)
