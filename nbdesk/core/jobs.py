@@ -46,6 +46,11 @@ RETRYABLE = frozenset({JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED
 #: box): one job, and one payment, each.
 MAX_COUNT = 16
 
+#: A job's note while its submit cannot leave the machine (DNS failure, connection
+#: refused, no route): it is back in ``queued``, not interrupted, and is sent when the
+#: network is back, or fails as "offline" at the job timeout. The window says it once.
+OFFLINE_NOTE = "offline — waiting for the network"
+
 #: Failure kinds that prove a submit was refused or never left the machine: nothing was
 #: taken on, so sending it now is the job's first (and only) payment.
 NOT_SENT_KINDS = frozenset({"bad_input", "config", "auth", "bad_request", "offline"})
