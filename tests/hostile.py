@@ -14,7 +14,6 @@ truthful answer). Every request is recorded, so a test counts the paid POSTs its
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import threading
 import time
@@ -140,16 +139,32 @@ def json_answer(payload: Any, *, status: int = 200,
     return respond
 
 
+_BOMBS: dict[tuple[int, str], bytes] = {}
+
+
+def packed_bomb(decoded_bytes: int, encoding: str = "gzip") -> bytes:
+    """``decoded_bytes`` of spaces after a JSON object's opening, compressed (made once
+    per size and kept: a 400 MB bomb is about 400 KB, made a MiB at a time)."""
+    key = (decoded_bytes, encoding)
+    if key not in _BOMBS:
+        if encoding not in ("gzip", "deflate"):
+            raise ValueError(f"unknown encoding {encoding!r}")
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+        parts = [packer.compress(b"{")]
+        block = b" " * (1 << 20)
+        left = decoded_bytes - 1
+        while left > 0:
+            parts.append(packer.compress(block[:left]))
+            left -= len(block)
+        parts.append(packer.flush())
+        _BOMBS[key] = b"".join(parts)
+    return _BOMBS[key]
+
+
 def bomb(decoded_bytes: int, *, encoding: str = "gzip", status: int = 200) -> Responder:
-    """A small compressed body that decodes to ``decoded_bytes`` of spaces and a JSON
-    object's opening: what a hostile provider sends to exhaust memory."""
-    raw = b"{" + b" " * (decoded_bytes - 1)
-    if encoding == "gzip":
-        packed = gzip.compress(raw, compresslevel=9)
-    elif encoding == "deflate":
-        packed = zlib.compress(raw, 9)
-    else:
-        raise ValueError(f"unknown encoding {encoding!r}")
+    """A small compressed body that decodes to ``decoded_bytes``: what a hostile
+    provider sends to exhaust memory."""
+    packed = packed_bomb(decoded_bytes, encoding)
 
     def respond(h: Handler) -> None:
         h.send_body(packed, status=status, headers={"Content-Encoding": encoding})

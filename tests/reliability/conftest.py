@@ -39,6 +39,14 @@ class ReliabilityReport:
     leaks: int = 0  # places a key was found
     leak_scans: int = 0  # scans run (files, outputs and texts searched for every key)
     gui_max_stall_ms: float | None = None  # the storm's, with the window up
+    # a provider that misbehaves on purpose (test_hostile.py)
+    bomb_peak_mb: float | None = None  # the CLI's peak RSS after a 400 MB gzip bomb
+    images_capped: str | None = None  # a result listing 300 images: how many were stored
+    timeout_overrun_s: float | None = None  # past the job timeout, a dripped answer
+    keys_redacted: int = 0  # scenarios in which the provider repeated the key back
+    paid_calls_per_retry: list[int] = field(default_factory=list)  # retries of paid jobs
+    offline_trials: int = 0  # jobs killed while they waited for the network
+    offline_interrupted: int = 0  # of those, found interrupted afterwards (must be 0)
     notes: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -61,6 +69,20 @@ class ReliabilityReport:
             f"leaks found       {self.leaks} (in {self.leak_scans} scans)",
             "GUI max stall     " + ("not measured" if self.gui_max_stall_ms is None else
                                     f"{self.gui_max_stall_ms:.1f} ms (storm; goal < 50 ms)"),
+        ]
+        out += [
+            "gzip bomb peak    " + ("not measured" if self.bomb_peak_mb is None else
+                                    f"{self.bomb_peak_mb:.0f} MB RSS (400 MB bomb; goal < 300)"),
+            f"images capped     {self.images_capped or 'not tried'}",
+            "timeout overrun   " + ("not measured" if self.timeout_overrun_s is None else
+                                    f"{self.timeout_overrun_s:.1f} s past a 10 s job timeout"),
+            f"keys redacted     {self.keys_redacted} scenario(s) with the key echoed back",
+            "paid calls/retry  " + (
+                f"{max(self.paid_calls_per_retry)} (max over "
+                f"{len(self.paid_calls_per_retry)} retries of jobs the provider had)"
+                if self.paid_calls_per_retry else "not tried"),
+            f"offline jobs      {self.offline_trials} killed while offline, "
+            f"{self.offline_interrupted} found interrupted",
         ]
         return out + [f"note: {n}" for n in self.notes]
 
