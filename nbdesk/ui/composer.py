@@ -510,7 +510,7 @@ class Composer(QWidget):
             each = self.model_caps().price_per_image(self.resolution_combo.currentText()
                                                      or None)
             tip = (f"An estimate from {caps.label}'s list price for {m.label} "
-                   f"({_money(each or 0.0)} an image); each job's cost is recorded when "
+                   f"({_money(each or 0.0, each=True)} an image); each job's cost is recorded when "
                    "its answer comes")
         else:
             tip = (f"{caps.label} reports each job's cost after it runs (shown in the "
@@ -614,7 +614,7 @@ class Composer(QWidget):
             res = spec.params.resolution
             box.setInformativeText(
                 f"About {_money(total)} in total ({m.label}{f' at {res}' if res else ''}, "
-                f"about {_money(total / count)} an image).")
+                f"about {_money(total / count, each=True)} an image).")
         ok = box.addButton(f"Queue {count} images", QMessageBox.ButtonRole.AcceptRole)
         cancel = box.addButton(QMessageBox.StandardButton.Cancel)
         box.setDefaultButton(ok)
@@ -831,9 +831,10 @@ class Composer(QWidget):
         self.controller.spawn(coro, what=what)
 
 
-def _money(amount: float) -> str:
-    """Dollars, with a tenth of a cent below a dime ($0.039, $0.54, $2.14)."""
-    return f"${amount:.3f}" if 0 < amount < 0.1 else f"${amount:.2f}"
+def _money(amount: float, *, each: bool = False) -> str:
+    """Dollars: a total to the cent ($0.54, $2.14; a tenth of a cent below a dime:
+    $0.039), a price of one image as listed ($0.134)."""
+    return f"${amount:.3f}" if each or 0 < amount < 0.1 else f"${amount:.2f}"
 
 
 def _read_history(path: Path) -> list[str]:

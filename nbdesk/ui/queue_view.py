@@ -236,30 +236,33 @@ class QueueView(QWidget):
         box = QMessageBox(self)
         box.setIcon(QMessageBox.Icon.Question)
         box.setWindowTitle("Retry costs money")
-        box.setText(f"Retry {n} job{'s' if n != 1 else ''}? "
-                    f"{'Each' if n != 1 else 'It'} will be a new paid submission.")
+        box.setText(f"Retry {n} jobs? Each will be a new paid submission." if n != 1 else
+                    "Retry this job? It will be a new paid submission.")
         details = []
         if billed:
             details.append(
-                ("The provider may already have billed the first attempt of this job "
-                 "(it was interrupted before its answer came, or the provider failed it).")
+                ("The provider may already have billed its first attempt (it was "
+                 "interrupted before the answer came, or the provider failed it).")
                 if n == 1 else
                 (f"For {billed} of them the provider may already have billed the first "
-                 "attempt (interrupted before their answer came, or failed by the "
+                 "attempt (interrupted before the answer came, or failed by the "
                  "provider)."))
         if continued:
-            details.append(f"{continued} other selected job{'s' if continued != 1 else ''} "
-                           "continue at the provider — no new payment; "
-                           f"{'they are' if continued != 1 else 'it is'} retried already.")
+            details.append(
+                f"The {continued} other selected jobs continue at the provider — no new "
+                "payment — and are retried already." if continued != 1 else
+                "The other selected job continues at the provider — no new payment — and "
+                "is retried already.")
         box.setInformativeText("\n\n".join(details))
         retry = box.addButton(f"Retry and pay ({n})" if n != 1 else "Retry and pay",
                               QMessageBox.ButtonRole.AcceptRole)
         cancel = box.addButton(QMessageBox.StandardButton.Cancel)
         box.setDefaultButton(cancel)
         box.setEscapeButton(cancel)
-        box.setCheckBox(QCheckBox("Don't ask again"))
-        box.checkBox().setToolTip("Retry a new paid submission without asking (Settings "
-                                  "can turn the question back on)")
+        check = QCheckBox("Don't ask again", box)  # (kept: the box does not own it for Python)
+        check.setToolTip("Retry a new paid submission without asking (Settings can turn "
+                         "the question back on)")
+        box.setCheckBox(check)
         ids = [job.id for job, _ in paid]
 
         def answered() -> None:
@@ -267,7 +270,7 @@ class QueueView(QWidget):
             box.deleteLater()
             if box.clickedButton() is not retry:
                 return  # cancelled: nothing is sent, nothing changes
-            if box.checkBox().isChecked():
+            if check.isChecked():
                 self.controller.update_settings(confirm_paid_retry=False)
             self.controller.retry(ids)
 
