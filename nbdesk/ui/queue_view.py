@@ -33,6 +33,7 @@ from nbdesk.ui.queue_model import (
     PROVIDER,
     STATE,
     JobsModel,
+    retry_text,
 )
 
 #: job events are applied to the table at most this often (ms)
@@ -293,9 +294,12 @@ class QueueView(QWidget):
 
     def _menu(self, pos: QPoint) -> None:
         menu = QMenu(self)
+        jobs = self.selected_jobs()
         for action in (self.cancel_action, self.retry_action, self.remove_action):
             menu.addAction(action)
-        jobs = self.selected_jobs()
+            if action is self.retry_action and len(jobs) == 1 and retry_text(jobs[0]):
+                said = menu.addAction(f"    {retry_text(jobs[0])}")  # what Retry does
+                said.setEnabled(False)
         if len(jobs) == 1 and jobs[0].error:
             menu.addSeparator()
             menu.addAction("Copy error message").triggered.connect(
