@@ -49,6 +49,11 @@ class ModelCaps:
     # Wire field names, one place per provider (see the provider modules).
     fields: dict[str, str] = field(default_factory=dict)
 
+    def price_per_image(self, resolution: str | None) -> float | None:
+        """The estimated price of one image at ``resolution`` (ignored for a model with
+        no resolution setting); None where the provider reports the cost itself."""
+        return self.price.get(resolution if self.resolutions else None)
+
 
 @dataclass(frozen=True)
 class ProviderCaps:

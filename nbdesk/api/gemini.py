@@ -190,7 +190,7 @@ def parse_answer(raw: bytes, model: ModelCaps, resolution: str | None) -> Answer
             f"Gemini returned no image: {explained}"
             + (f" ({message})" if isinstance(message, str) and message else "")
         )
-    price = model.price.get(resolution if model.resolutions else None)
+    price = model.price_per_image(resolution)
     response_id = data.get("responseId")
     return Answer(
         images=tuple(images), turn=tuple(turn), text=text,

@@ -192,6 +192,7 @@ _VALIDATORS: dict[str, Callable[[object], Any]] = {
     "demo_when_no_key": _check_bool("demo_when_no_key"),
     "library_dir": _check_library_dir,
     "notify_on_finish": _check_bool("notify_on_finish"),
+    "confirm_paid_retry": _check_bool("confirm_paid_retry"),
 }
 
 
@@ -217,6 +218,8 @@ class Settings:
     #: where the library lives; None = the platform's data folder
     library_dir: str | None = None
     notify_on_finish: bool = True
+    #: the window asks before a Retry that is a new paid submission ("don't ask again")
+    confirm_paid_retry: bool = True
 
     def __post_init__(self) -> None:
         for name, check in _VALIDATORS.items():

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMenu,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QSizePolicy,
@@ -37,7 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from nbdesk.api.capabilities import DEMO, DEMO_PROVIDER, PROVIDERS, ModelCaps, ProviderCaps
-from nbdesk.core.jobs import Job, JobParams, JobSpec
+from nbdesk.core.jobs import MAX_COUNT, Job, JobParams, JobSpec
 from nbdesk.core.library import Item
 from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
 from nbdesk.core.settings import write_atomic
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 
 HISTORY_NAME = "prompt_history.json"
 HISTORY_MAX = 50
-MAX_COUNT = 8
+#: queueing more images than this at once is confirmed first, with the total cost
+CONFIRM_COUNT = 4
 DEMO_LABEL = "Demo (offline)"
 _ERROR_STYLE = "color: #c0392b;"
 _OK_STYLE = "color: #2e7d32;"
@@ -152,7 +154,12 @@ class Composer(QWidget):
         self.format_combo = QComboBox()
         self.count_spin = QSpinBox()
         self.count_spin.setRange(1, MAX_COUNT)
-        self.count_spin.setToolTip(f"How many images to make (1–{MAX_COUNT}); one job each")
+        self.count_spin.setToolTip(
+            f"How many images to make (1–{MAX_COUNT}); one job, and one paid request, each")
+        self.cost_label = QLabel()
+        self.cost_label.setObjectName("costLabel")
+        #: the open "queue this many images?" question
+        self.count_question: QMessageBox | None = None
         self.google_search = QCheckBox("Google search")
         self.image_search = QCheckBox("Image search")
         self.with_text = QCheckBox("Text too")
@@ -205,6 +212,8 @@ class Composer(QWidget):
             label.setBuddy(widget)
             row1.addWidget(label, row, col)
             row1.addWidget(widget, row, col + 1)
+        # what the images will cost, under the count (the column is narrow)
+        row1.addWidget(self.cost_label, 3, 3)
         row1.setColumnStretch(1, 1)
         row1.setColumnStretch(3, 1)
         row2 = QHBoxLayout()
@@ -233,6 +242,8 @@ class Composer(QWidget):
         self.provider_combo.currentIndexChanged.connect(self._on_provider_changed)
         self.provider_combo.activated.connect(self._on_provider_activated)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self.resolution_combo.currentIndexChanged.connect(self._update_cost)
+        self.count_spin.valueChanged.connect(self._update_cost)
         self.prompt.textChanged.connect(self._on_text_changed)
         self.prompt.submitRequested.connect(self.queue)
         self.prompt.historyStep.connect(self.recall)
@@ -373,6 +384,7 @@ class Composer(QWidget):
             "here, or paste with Ctrl+V"
         )
         self._update_length()
+        self._update_cost()
 
     @staticmethod
     def _fill(combo: QComboBox, values: Sequence[str], default: str | None) -> None:
@@ -468,6 +480,43 @@ class Composer(QWidget):
         self.length_label.setText(f"{n} / {limit}")
         self.length_label.setStyleSheet(_ERROR_STYLE if n > limit else "")
 
+    # ------------------------------------------------------------------ cost
+
+    def estimate(self) -> float | None:
+        """The estimated total of the images the controls ask for: 0 for Demo, None
+        where the provider reports its cost only after the job (no price to go by)."""
+        if self.provider_choice() == DEMO:
+            return 0.0
+        price = self.model_caps().price_per_image(self.resolution_combo.currentText() or None)
+        return None if price is None else price * self.count_spin.value()
+
+    def cost_text(self) -> str:
+        """E.g. "4 images · about $0.54"."""
+        n = self.count_spin.value()
+        images = f"{n} image{'s' if n != 1 else ''}"
+        total = self.estimate()
+        if self.provider_choice() == DEMO:
+            return f"{images} · no cost (Demo)"
+        if total is None:
+            return f"{images} · cost reported by the provider"
+        return f"{images} · about {_money(total)}"
+
+    def _update_cost(self, _value: int = 0) -> None:
+        self.cost_label.setText(self.cost_text())
+        caps, m = self.provider_caps(), self.model_caps()
+        if self.provider_choice() == DEMO:
+            tip = "Demo runs against the built-in simulator: nothing is paid"
+        elif m.price:
+            each = self.model_caps().price_per_image(self.resolution_combo.currentText()
+                                                     or None)
+            tip = (f"An estimate from {caps.label}'s list price for {m.label} "
+                   f"({_money(each or 0.0, each=True)} an image); each job's cost is recorded when "
+                   "its answer comes")
+        else:
+            tip = (f"{caps.label} reports each job's cost after it runs (shown in the "
+                   "queue and the library); nbdesk has no price list for it")
+        self.cost_label.setToolTip(tip)
+
     def _on_tray_changed(self) -> None:
         if self._parent_item is not None and self._parent_item[1] not in self.tray.sources():
             self._parent_item = None
@@ -531,7 +580,10 @@ class Composer(QWidget):
         )
 
     def queue(self) -> asyncio.Task[list[Job]] | None:
-        """Queue the job (Ctrl+Enter); None when refused (the reason is shown)."""
+        """Queue the job (Ctrl+Enter); None when refused (the reason is shown) or when
+        a large count is asked about first (``count_question``: queued on its OK)."""
+        if self.count_question is not None:
+            return None
         problem = self.problem()
         if problem is not None:
             self._show(problem, error=True)
@@ -539,6 +591,46 @@ class Composer(QWidget):
             return None
         spec = self.spec()
         count = self.count_spin.value()
+        if count > CONFIRM_COUNT and not spec.demo:
+            self._ask_count(spec, count)
+            return None
+        return self._queue(spec, count)
+
+    def _ask_count(self, spec: JobSpec, count: int) -> None:
+        """Confirm a large count, stating the total; non-blocking (``open``: a nested
+        event loop would re-enter the asyncio loop)."""
+        caps, m = self.provider_caps(), self.model_caps()
+        total = self.estimate()
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Queue many images")
+        box.setText(f"Queue {count} images? That is {count} jobs, each a paid request to "
+                    f"{caps.label}.")
+        if total is None:
+            box.setInformativeText(
+                f"{caps.label} reports each job's cost after it runs; nbdesk has no "
+                f"price to estimate the total from.")
+        else:
+            res = spec.params.resolution
+            box.setInformativeText(
+                f"About {_money(total)} in total ({m.label}{f' at {res}' if res else ''}, "
+                f"about {_money(total / count, each=True)} an image).")
+        ok = box.addButton(f"Queue {count} images", QMessageBox.ButtonRole.AcceptRole)
+        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(ok)
+        box.setEscapeButton(cancel)
+
+        def answered() -> None:
+            self.count_question = None
+            box.deleteLater()
+            if box.clickedButton() is ok and shiboken6.isValid(self):
+                self._queue(spec, count)
+
+        box.finished.connect(answered)
+        self.count_question = box
+        box.open()
+
+    def _queue(self, spec: JobSpec, count: int) -> asyncio.Task[list[Job]]:
         self._submitting = True
         self.queue_button.setEnabled(False)
         self._show("Queueing…")
@@ -737,6 +829,12 @@ class Composer(QWidget):
 
     def _spawn(self, coro: Any, what: str) -> None:
         self.controller.spawn(coro, what=what)
+
+
+def _money(amount: float, *, each: bool = False) -> str:
+    """Dollars: a total to the cent ($0.54, $2.14; a tenth of a cent below a dime:
+    $0.039), a price of one image as listed ($0.134)."""
+    return f"${amount:.3f}" if each or 0 < amount < 0.1 else f"${amount:.2f}"
 
 
 def _read_history(path: Path) -> list[str]:

@@ -17,10 +17,11 @@ from PySide6.QtCore import QObject, Signal
 from nbdesk.api.base import ApiError
 from nbdesk.core.connector import ConfigError
 from nbdesk.core.engine import Engine
-from nbdesk.core.jobs import Job, JobSpec, JobState
+from nbdesk.core.jobs import RETRYABLE, Job, JobSpec, JobState, RetryPlan
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime
 from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
+from nbdesk.core.settings import save_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +49,7 @@ class Controller(QObject):
         self.library = rt.library
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_trashed: list[int] = []
+        self._settings_lock = asyncio.Lock()
         engine.subscribe(self._on_job)
         engine.on_external_change(self._on_external)
 
@@ -112,8 +114,44 @@ class Controller(QObject):
             self.spawn(self.engine.cancel(job_id), what="cancelling the job")
 
     def retry(self, job_ids: Sequence[str]) -> None:
+        """Retry now, whatever it costs: the window asks first (``retry_plans``)."""
         for job_id in job_ids:
             self.spawn(self.engine.retry(job_id), what="retrying the job")
+
+    @staticmethod
+    def retry_plan(job: Job) -> RetryPlan:
+        """What Retry does with ``job`` (the engine's rule)."""
+        return Engine.retry_plan(job)
+
+    @staticmethod
+    def retry_costs(job: Job, plan: RetryPlan) -> bool:
+        """Whether a retry of ``job`` by ``plan`` is paid for (Demo never is)."""
+        return plan.paid and not job.demo
+
+    async def retry_plans(self, job_ids: Sequence[str]) -> list[tuple[Job, RetryPlan]]:
+        """The jobs as they are now (those still retryable) and what Retry does with
+        each: read fresh, since the window's rows may be a moment old."""
+        jobs: list[Job] = [await self.db(self.library.job, i) for i in job_ids]
+        return [(j, self.retry_plan(j)) for j in jobs if j.state in RETRYABLE]
+
+    def update_settings(self, **changes: Any) -> None:
+        """Apply a setting changed from the window (not the settings dialog) at once,
+        and save it off the GUI thread; a failure to save is one message."""
+        rt = self.rt
+        new = rt.settings.replace(**changes)
+        rt.settings = new
+        self.engine.connector.settings = new
+
+        async def run() -> None:
+            try:
+                async with self._settings_lock:  # one write at a time, the latest settings
+                    await asyncio.to_thread(save_settings, rt.paths.settings_file,
+                                            rt.settings)
+            except OSError as e:
+                self.error(f"Cannot save the settings to {rt.paths.settings_file}: "
+                           f"{e.strerror or e}")
+
+        self.spawn(run(), what="saving the settings")
 
     def remove(self, job_ids: Sequence[str]) -> None:
         async def run() -> None:

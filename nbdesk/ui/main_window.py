@@ -95,6 +95,7 @@ class MainWindow(QMainWindow):
     undo_action: QAction
     key_labels: dict[str, QLabel]
     spend_label: QLabel
+    offline_label: QLabel
 
     def __init__(self, controller: Controller | None = None, *,
                  layout_file: Path | None = None) -> None:
@@ -215,6 +216,7 @@ class MainWindow(QMainWindow):
         self.messages.undoRequested.connect(controller.undo_trash)
         self.library.itemActivated.connect(self.open_item)
         self.queue.jobActivated.connect(self._open_job)
+        self.queue.offlineChanged.connect(self.offline_label.setVisible)
         self.viewer.currentChanged.connect(lambda _id: self.viewer_stack.setCurrentIndex(1))
         self.library.attach(controller)
 
@@ -283,8 +285,19 @@ class MainWindow(QMainWindow):
         from PySide6.QtWidgets import QLabel
 
         from nbdesk.api.capabilities import PROVIDERS
+        from nbdesk.core.jobs import OFFLINE_NOTE
 
         status = self.statusBar()
+        # Said once while any job waits for the network, not per job nor per attempt.
+        self.offline_label = QLabel(OFFLINE_NOTE)
+        self.offline_label.setObjectName("offlineLabel")
+        self.offline_label.setStyleSheet("color: #d98b1f; font-weight: bold;")
+        self.offline_label.setToolTip(
+            "Jobs whose request cannot leave this computer (no network, the provider "
+            "unreachable) wait in the queue: nothing was sent or paid. They are sent when "
+            "the network is back, or fail at the job timeout.")
+        status.addPermanentWidget(self.offline_label)
+        self.offline_label.hide()
         self.key_labels = {}
         for pid, caps in PROVIDERS.items():
             label = QLabel(f"{caps.label}: …")

@@ -13,7 +13,8 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QPalette, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QApplication
 
-from nbdesk.core.jobs import Job, JobState
+from nbdesk.core.jobs import OFFLINE_NOTE, RETRYABLE, Job, JobState, RetryPlan
+from nbdesk.ui.controller import Controller
 from nbdesk.ui.model_rows import insert_rows, quiet_reset, remove_rows
 
 COLUMNS = ("State", "Prompt", "Provider / model", "Elapsed", "Progress", "Cost")
@@ -28,10 +29,37 @@ _STATE_COLOURS = {
 }
 
 
+#: What Retry does, as the queue's tooltip and the retry question say it.
+RETRY_TEXTS = {
+    RetryPlan.CONTINUE: "Retry continues the job at the provider — no new payment",
+    RetryPlan.SUBMIT: "Retry is a new paid submission",
+    RetryPlan.RESUBMIT: "Retry is a new paid submission — the provider may already have "
+                        "billed the first attempt",
+}
+DEMO_RETRY_TEXT = "Retry runs it again (Demo: no cost)"
+
+
+def is_offline(job: Job) -> bool:
+    """The job waits for the network (sent when it is back)."""
+    return job.note == OFFLINE_NOTE and job.state.active
+
+
+def retry_text(job: Job) -> str:
+    """What Retry would do with ``job``, in one line ("" when it cannot be retried)."""
+    if job.state not in RETRYABLE:
+        return ""
+    plan = Controller.retry_plan(job)
+    if not Controller.retry_costs(job, plan) and plan.paid:
+        return DEMO_RETRY_TEXT
+    return RETRY_TEXTS[plan]
+
+
 def state_text(job: Job) -> str:
     text = job.state.value
     if job.cancel_requested and job.state.active:
         return "cancelling"
+    if is_offline(job):
+        return OFFLINE_NOTE
     if job.note and job.state.active:
         return f"{text} · waiting"
     return text
@@ -75,6 +103,7 @@ class JobsModel(QStandardItemModel):
         #: job id -> (texts per column, tooltip, state colour) as shown
         self._shown: dict[str, tuple[tuple[str, ...], str, QColor | None]] = {}
         self._fill_from = 0  # rows from here on have no cells yet
+        self._offline: set[str] = set()  # ids of the jobs waiting for the network
         self._fill_timer = QTimer(self)
         self._fill_timer.setSingleShot(True)
         self._fill_timer.setInterval(0)
@@ -85,6 +114,7 @@ class JobsModel(QStandardItemModel):
     def set_jobs(self, jobs: list[Job]) -> None:
         with quiet_reset(self):
             self._jobs = sorted(jobs, key=lambda j: j.created_at, reverse=True)
+            self._offline = {j.id for j in self._jobs if is_offline(j)}
             self._reindex()
             self._shown = {}
             self.setRowCount(0)
@@ -120,6 +150,10 @@ class JobsModel(QStandardItemModel):
         insertion."""
         new: list[Job] = []
         for job in jobs:
+            if is_offline(job):
+                self._offline.add(job.id)
+            else:
+                self._offline.discard(job.id)
             row = self._rows.get(job.id)
             if row is None:
                 new.append(job)
@@ -168,6 +202,7 @@ class JobsModel(QStandardItemModel):
         for row in sorted((self._rows[i] for i in ids if i in self._rows), reverse=True):
             job = self._jobs.pop(row)
             self._shown.pop(job.id, None)
+            self._offline.discard(job.id)
             if row < self._fill_from:
                 self._fill_from -= 1
             remove_rows(self, row, 1)
@@ -199,6 +234,10 @@ class JobsModel(QStandardItemModel):
     def row_of(self, job_id: str) -> int | None:
         return self._rows.get(job_id)
 
+    def offline_count(self) -> int:
+        """How many jobs wait for the network."""
+        return len(self._offline)
+
 
 def row_texts(job: Job) -> tuple[str, ...]:
     """What each column shows for ``job``."""
@@ -222,6 +261,9 @@ def tooltip_text(job: Job) -> str:
         lines.append(f"Error: {job.error}")
     if job.note:
         lines.append(job.note)
+    retry = retry_text(job)
+    if retry:
+        lines.append(retry)
     if job.remote_id:
         lines.append(f"Remote id: {job.remote_id}")
     lines.append(f"Job id: {job.id}")

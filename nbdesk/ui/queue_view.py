@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+import shiboken6
 from PySide6.QtCore import QModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QMenu,
+    QMessageBox,
     QTableView,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-from nbdesk.core.jobs import RETRYABLE, Job, JobState
+from nbdesk.core.jobs import RETRYABLE, Job, JobState, RetryPlan
 from nbdesk.ui.controller import Controller
 from nbdesk.ui.queue_model import (
     COLUMNS,
@@ -29,6 +33,7 @@ from nbdesk.ui.queue_model import (
     PROVIDER,
     STATE,
     JobsModel,
+    retry_text,
 )
 
 #: job events are applied to the table at most this often (ms)
@@ -38,6 +43,8 @@ FLUSH_MS = 250
 class QueueView(QWidget):
     #: a completed job was double-clicked: show its image
     jobActivated = Signal(object)
+    #: whether some job waits for the network (emitted when that changes, not per job)
+    offlineChanged = Signal(bool)
 
     def __init__(self, controller: Controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -72,9 +79,10 @@ class QueueView(QWidget):
 
         self.cancel_action = self._action("Cancel", "Cancel the selected jobs", self.cancel,
                                           QKeySequence("Ctrl+Backspace"))
-        self.retry_action = self._action("Retry", "Run failed or interrupted jobs again "
-                                         "(a new paid submission unless only the download "
-                                         "failed)", self.retry, QKeySequence("Ctrl+R"))
+        self.retry_action = self._action("Retry", "Run failed or interrupted jobs again: "
+                                         "a job the provider has is continued at no cost; "
+                                         "a new paid submission is asked about first",
+                                         self.retry, QKeySequence("Ctrl+R"))
         self.remove_action = self._action("Remove", "Remove finished jobs from the list "
                                           "(their images stay in the library)", self.remove,
                                           QKeySequence("Ctrl+Shift+Backspace"))
@@ -105,6 +113,9 @@ class QueueView(QWidget):
         # spell at once): with hundreds of jobs in flight, one repaint of the table per
         # event kept the GUI thread busy.
         self._pending: dict[str, Job] = {}
+        self._offline = False  # as last announced by offlineChanged
+        #: the open "this Retry costs money" question (one at a time)
+        self.retry_question: QMessageBox | None = None
         self._last_flush = 0.0
         self._flush_timer = QTimer(self)
         self._flush_timer.setSingleShot(True)
@@ -139,6 +150,7 @@ class QueueView(QWidget):
             self.model.set_jobs(jobs)
             self._update_actions()
             self._update_title()
+            self._update_offline()
 
         self.controller.spawn(run(), what="loading the queue")
 
@@ -157,6 +169,18 @@ class QueueView(QWidget):
             self.model.upsert_many(jobs)
         self._update_actions()
         self._update_title()
+        self._update_offline()
+
+    def _update_offline(self) -> None:
+        offline = self.model.offline_count() > 0
+        if offline != self._offline:
+            self._offline = offline
+            self.offlineChanged.emit(offline)
+
+    @property
+    def offline(self) -> bool:
+        """Some job waits for the network."""
+        return self._offline
 
     def _update_title(self) -> None:
         active = sum(1 for j in self.model.jobs() if j.state.active)
@@ -183,7 +207,77 @@ class QueueView(QWidget):
         self.controller.cancel(ids)
 
     def retry(self) -> None:
-        self.controller.retry([j.id for j in self.selected_jobs() if j.state in RETRYABLE])
+        """Retry the selected jobs: those the provider has go on at once (no new
+        payment); a new paid submission is asked about first, unless the user said
+        not to ask again."""
+        ids = [j.id for j in self.selected_jobs() if j.state in RETRYABLE]
+        if ids and self.retry_question is None:
+            self.controller.spawn(self._retry(ids), what="retrying jobs")
+
+    async def _retry(self, ids: Sequence[str]) -> None:
+        plans = await self.controller.retry_plans(ids)  # read fresh
+        if not shiboken6.isValid(self) or self.retry_question is not None:
+            return
+        free = [job.id for job, plan in plans if not self.controller.retry_costs(job, plan)]
+        paid = [(job, plan) for job, plan in plans if self.controller.retry_costs(job, plan)]
+        if free:
+            self.controller.retry(free)
+        if not paid:
+            return
+        if not self.controller.rt.settings.confirm_paid_retry:
+            self.controller.retry([job.id for job, _ in paid])
+            return
+        self._ask_paid_retry(paid, continued=len(free))
+
+    def _ask_paid_retry(self, paid: list[tuple[Job, RetryPlan]], continued: int) -> None:
+        """The question, non-blocking (``open``: a nested event loop would re-enter the
+        asyncio loop); the answer arrives by ``finished``."""
+        n = len(paid)
+        billed = sum(1 for _, plan in paid if plan is RetryPlan.RESUBMIT)
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Retry costs money")
+        box.setText(f"Retry {n} jobs? Each will be a new paid submission." if n != 1 else
+                    "Retry this job? It will be a new paid submission.")
+        details = []
+        if billed:
+            details.append(
+                ("The provider may already have billed its first attempt (it was "
+                 "interrupted before the answer came, or the provider failed it).")
+                if n == 1 else
+                (f"For {billed} of them the provider may already have billed the first "
+                 "attempt (interrupted before the answer came, or failed by the "
+                 "provider)."))
+        if continued:
+            details.append(
+                f"The {continued} other selected jobs continue at the provider — no new "
+                "payment — and are retried already." if continued != 1 else
+                "The other selected job continues at the provider — no new payment — and "
+                "is retried already.")
+        box.setInformativeText("\n\n".join(details))
+        retry = box.addButton(f"Retry and pay ({n})" if n != 1 else "Retry and pay",
+                              QMessageBox.ButtonRole.AcceptRole)
+        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(cancel)
+        box.setEscapeButton(cancel)
+        check = QCheckBox("Don't ask again", box)  # (kept: the box does not own it for Python)
+        check.setToolTip("Retry a new paid submission without asking (Settings can turn "
+                         "the question back on)")
+        box.setCheckBox(check)
+        ids = [job.id for job, _ in paid]
+
+        def answered() -> None:
+            self.retry_question = None
+            box.deleteLater()
+            if box.clickedButton() is not retry:
+                return  # cancelled: nothing is sent, nothing changes
+            if check.isChecked():
+                self.controller.update_settings(confirm_paid_retry=False)
+            self.controller.retry(ids)
+
+        box.finished.connect(answered)
+        self.retry_question = box
+        box.open()
 
     def remove(self) -> None:
         ids = {j.id for j in self.selected_jobs() if not j.state.active}
@@ -200,9 +294,12 @@ class QueueView(QWidget):
 
     def _menu(self, pos: QPoint) -> None:
         menu = QMenu(self)
+        jobs = self.selected_jobs()
         for action in (self.cancel_action, self.retry_action, self.remove_action):
             menu.addAction(action)
-        jobs = self.selected_jobs()
+            if action is self.retry_action and len(jobs) == 1 and retry_text(jobs[0]):
+                said = menu.addAction(f"    {retry_text(jobs[0])}")  # what Retry does
+                said.setEnabled(False)
         if len(jobs) == 1 and jobs[0].error:
             menu.addSeparator()
             menu.addAction("Copy error message").triggered.connect(

@@ -175,6 +175,12 @@ class SettingsDialog(QDialog):
         self.demo_when_no_key = QCheckBox("Use Demo when a provider has no key")
         self.demo_when_no_key.setChecked(settings.demo_when_no_key)
         form.addRow("", self.demo_when_no_key)
+        self.confirm_paid_retry = QCheckBox("Ask before a Retry that is a new paid submission")
+        self.confirm_paid_retry.setChecked(settings.confirm_paid_retry)
+        self.confirm_paid_retry.setToolTip(
+            "Retry of a job the provider already has continues it at no cost; a job that "
+            "never got an answer is sent again, and paid again: ask first")
+        form.addRow("", self.confirm_paid_retry)
 
         # -- messages and buttons
         self.message = QLabel()
@@ -390,6 +396,7 @@ class SettingsDialog(QDialog):
             library_dir=folder,
             default_provider=str(self.default_provider.currentData()),
             demo_when_no_key=self.demo_when_no_key.isChecked(),
+            confirm_paid_retry=self.confirm_paid_retry.isChecked(),
         )
 
     def save_settings(self) -> None:

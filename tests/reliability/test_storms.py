@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from PySide6.QtCore import QItemSelectionModel
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 from pytestqt.qtbot import QtBot
 
 from bench.stall import StallMonitor
@@ -42,6 +42,7 @@ from nbdesk.core.library import Library, sha256_file
 from nbdesk.core.secrets import SecretStore
 from nbdesk.core.settings import Settings
 from nbdesk.sim import Faults, SimConfig, Simulator
+from nbdesk.ui.controller import Controller
 from nbdesk.ui.main_window import MainWindow
 from nbdesk.ui.queue_model import ELAPSED, STATE, JobsModel
 from nbdesk.ui.queue_view import QueueView
@@ -85,8 +86,9 @@ def retried_and_settled(model: JobsModel, before: dict[str, float], total: int) 
     return all(jobs[i].updated_at > t for i, t in before.items())
 
 
-def retry_in_queue(window: MainWindow, jobs: Sequence[Job]) -> None:
-    """Select these jobs in the queue panel and press its Retry button, as a user does."""
+def retry_in_queue(qtbot: QtBot, window: MainWindow, jobs: Sequence[Job]) -> None:
+    """Select these jobs in the queue panel and press its Retry button, as a user does;
+    to the question about the paid ones (interrupted), "Retry and pay"."""
     queue = window.queue
     queue.table.clearSelection()
     selection = queue.table.selectionModel()
@@ -97,6 +99,13 @@ def retry_in_queue(window: MainWindow, jobs: Sequence[Job]) -> None:
         selection.select(queue.model.index(row, STATE), flags)
     assert queue.retry_action.isEnabled()
     queue.retry_action.trigger()
+    if any(Controller.retry_costs(j, Controller.retry_plan(j)) for j in jobs):
+        qtbot.waitUntil(lambda: queue.retry_question is not None, timeout=10_000)
+        box = queue.retry_question
+        assert box is not None
+        (pay,) = [b for b in box.buttons()
+                  if box.buttonRole(b) is QMessageBox.ButtonRole.AcceptRole]
+        pay.click()
 
 
 def files_lost(library: Library, jobs: Sequence[Job]) -> int:
@@ -191,7 +200,7 @@ def test_storm_of_a_hundred_jobs_through_the_window(
             redownloaded |= {j.id for j in stopped if j.state is JobState.FAILED}
             resubmitted += sum(j.state is JobState.INTERRUPTED for j in stopped)
             before = {j.id: j.updated_at for j in stopped}
-            retry_in_queue(window, stopped)
+            retry_in_queue(qtbot, window, stopped)
             qtbot.waitUntil(functools.partial(retried_and_settled, model, before, STORM_JOBS),
                             timeout=60_000)
             rounds += 1

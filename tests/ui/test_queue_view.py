@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QItemSelectionModel
+from PySide6.QtWidgets import QMessageBox
 from pytestqt.qtbot import QtBot
 
 from nbdesk.core.jobs import JobSpec, JobState
@@ -54,6 +55,14 @@ def test_cancel_and_retry_from_the_panel(qtbot: QtBot, ui_env: UiEnv) -> None:
     select_row(view, 0)
     assert view.retry_action.isEnabled()
     view.retry_action.trigger()
+    # never sent: its retry is its first paid submission, asked about first
+    qtbot.waitUntil(lambda: view.retry_question is not None, timeout=5000)
+    assert view.retry_question is not None
+    assert ui_env.sim.stats.requests == 0
+    box = view.retry_question
+    (pay,) = [b for b in box.buttons()
+              if box.buttonRole(b) is QMessageBox.ButtonRole.AcceptRole]
+    pay.click()
     qtbot.waitUntil(lambda: state_of(view, job.id) == "completed", timeout=15_000)
 
 

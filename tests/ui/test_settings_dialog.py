@@ -258,11 +258,14 @@ def test_settings_are_validated_then_saved_off_thread(
     dialog.concurrency.setValue(7)
     dialog.default_provider.setCurrentIndex(dialog.default_provider.findData("apifree"))
     dialog.demo_when_no_key.setChecked(False)
+    assert dialog.confirm_paid_retry.isChecked()  # asked by default
+    dialog.confirm_paid_retry.setChecked(False)
     with qtbot.waitSignal(dialog.settingsSaved, timeout=5000) as signal:
         dialog.save_button.click()
     new = signal.args[0]
     assert new.base_urls == {"apiframe": "https://proxy.example.com"}
     assert (new.concurrency, new.default_provider, new.demo_when_no_key) == (7, "apifree", False)
+    assert new.confirm_paid_retry is False
     assert new.library_dir == str(library)
     assert new.poll_interval == 0.2  # untouched settings are kept
     assert load_settings(path) == new
