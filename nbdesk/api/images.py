@@ -36,8 +36,12 @@ if TYPE_CHECKING:
 
 # Pillow is imported at first use (it is not needed to open the window).
 
-#: Pixel cap for generated outputs (a 4K picture is ~16 megapixels).
-MAX_PIXELS = 120_000_000
+#: Pixel cap for what providers send: the models' largest output is 4K (4096×4096, 16.8
+#: megapixels; 21:9 at 4K is ~17), with headroom. A bigger "result" is refused before any
+#: of it is decoded.
+MAX_PIXELS = 25_000_000
+#: Pillow's own decompression-bomb check (a safety net above our caps, see _open_formats).
+_PILLOW_CAP = 120_000_000
 #: Pixel cap for reference images.
 MAX_REFERENCE_PIXELS = 50_000_000
 MAX_REFERENCE_SIDE = 2048
@@ -57,8 +61,11 @@ _FORMATS: dict[str, tuple[str, str, str]] = {
     "TIFF": ("tiff", "tif", "image/tiff"),
 }
 _SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-#: Formats a reference may be sent in unchanged.
-_WIRE_FORMATS = frozenset({"jpeg", "png", "webp"})
+#: Formats a reference may be sent in unchanged; the only ones a provider's result may be
+#: in (the models make nothing else), checked by their magic bytes before any decoding.
+_WIRE_FORMATS = RESULT_FORMATS = frozenset({"jpeg", "png", "webp"})
+#: Formats a reference may be in (the others are re-encoded before they are sent).
+REFERENCE_FORMATS = frozenset(name for name, _, _ in _FORMATS.values())
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
@@ -99,29 +106,62 @@ def _bomb(error: Exception, max_pixels: int) -> ImageCheckError:
     )
 
 
+def _sniff(head: bytes) -> str | None:
+    """The format the first bytes of a file announce (its magic bytes), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:2] == b"BM":
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return None
+
+
+def _only(formats: frozenset[str]) -> str:
+    names = sorted(("WebP" if f == "webp" else f.upper()) for f in formats)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
 @functools.cache
 def _open_formats() -> tuple[str, ...]:
     from PIL import Image
 
     # Pillow warns (and, at twice the value, raises) from Image.open on pictures bigger
     # than Image.MAX_IMAGE_PIXELS (~89 megapixels by default). We apply our own, explicit
-    # caps; lift Pillow's process-wide one to our largest so that it does not fire first
-    # on pictures we accept. Anything above is still refused (by Pillow or by us). Every
-    # open here goes through this function first.
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    # caps (lower); Pillow's process-wide one is lifted to _PILLOW_CAP so that ours decide,
+    # with a message that gives the picture's size, up to there. Anything above is still
+    # refused (by Pillow). Every open here goes through this function first.
+    if Image.MAX_IMAGE_PIXELS is not None and _PILLOW_CAP > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = _PILLOW_CAP
     Image.init()  # registers every plugin (MPO, WebP, TIFF are not among Pillow's first few)
     return tuple(f for f in _FORMATS if f in Image.OPEN)
 
 
-def _open(data: bytes | BinaryIO, max_pixels: int) -> Image.Image:
-    """Identify an image (header only); the size is checked against ``max_pixels``."""
-    formats = _open_formats()
+def _open(data: bytes | BinaryIO, max_pixels: int,
+          formats: frozenset[str] = REFERENCE_FORMATS) -> Image.Image:
+    """Identify an image (header only); the size is checked against ``max_pixels``. Its
+    magic bytes must announce one of ``formats``, and only that format's reader (Pillow's)
+    sees it."""
     from PIL import Image, UnidentifiedImageError
 
     fp = io.BytesIO(data) if isinstance(data, bytes) else data
+    start = fp.tell()
+    kind = _sniff(fp.read(16))
+    fp.seek(start)
+    if kind is None:
+        raise ImageCheckError(f"not an image (or not a supported format: {_SUPPORTED})")
+    if kind not in formats:
+        shown = "WebP" if kind == "webp" else kind.upper()
+        raise ImageCheckError(f"a {shown} image, where only {_only(formats)} is accepted")
+    readers = tuple(f for f in _open_formats() if _FORMATS[f][0] == kind)
     try:
-        im = Image.open(fp, formats=formats)
+        im = Image.open(fp, formats=readers)
     except UnidentifiedImageError:
         raise ImageCheckError(f"not an image (or not a supported format: {_SUPPORTED})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -155,7 +195,8 @@ def _damaged() -> ImageCheckError:
     return ImageCheckError("the image is truncated or damaged")
 
 
-def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None) -> ImageInfo:
+def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None,
+           formats: frozenset[str] = RESULT_FORMATS) -> ImageInfo:
     """Identify the image in ``fp`` and prove it whole, as cheaply as the format allows:
 
     * PNG: every chunk's CRC up to and including IEND (no pixel is decoded; a cut file
@@ -169,7 +210,7 @@ def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None) -> ImageI
     """
     from PIL import Image
 
-    with _open(fp, max_pixels) as im:
+    with _open(fp, max_pixels, formats) as im:
         info = _info(im)
         try:
             if info.format == "png":
@@ -204,7 +245,7 @@ def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None) -> ImageI
     # verify() leaves the image unusable: reopen and decode everything, which is what
     # catches a picture whose data stops early.
     fp.seek(0)
-    with _open(fp, max_pixels) as im:
+    with _open(fp, max_pixels, formats) as im:
         try:
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -367,16 +408,29 @@ class PngStreamCheck:
         return self._error
 
 
-def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
-    """Identify and verify an image; ``ImageCheckError`` if it is not a whole, supported
-    picture of at most ``max_pixels`` pixels (see ``_check`` for what "whole" costs)."""
+def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS,
+                formats: frozenset[str] = RESULT_FORMATS) -> ImageInfo:
+    """Identify and verify an image; ``ImageCheckError`` if it is not a whole picture in
+    one of ``formats`` of at most ``max_pixels`` pixels (see ``_check`` for what "whole"
+    costs). The defaults are what a provider's result may be; references pass theirs."""
     if not data:
         raise ImageCheckError("the file is empty")
-    return _check(io.BytesIO(data), max_pixels)
+    return _check(io.BytesIO(data), max_pixels, formats=formats)
+
+
+def identify_result(data: bytes) -> ImageInfo:
+    """What a provider's inline image is, from its header alone (magic bytes, then the
+    format's header for its size; nothing decoded): ``ImageCheckError`` unless a JPEG,
+    PNG or WebP of at most MAX_PIXELS. ``probe_*`` still proves it whole when it is kept."""
+    if not data:
+        raise ImageCheckError("the file is empty")
+    with _open(data, MAX_PIXELS, RESULT_FORMATS) as im:
+        return _info(im)
 
 
 def probe_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
-               png: PngProof | None = None) -> ImageInfo:
+               png: PngProof | None = None,
+               formats: frozenset[str] = RESULT_FORMATS) -> ImageInfo:
     """``probe_bytes`` of a file, read from disk as the check needs it (not into memory
     first). ``OSError`` if the file cannot be read.
 
@@ -387,7 +441,8 @@ def probe_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
         size = os.fstat(fp.fileno()).st_size
         if size == 0:
             raise ImageCheckError("the file is empty")
-        return _check(fp, max_pixels, png if png is not None and png.size == size else None)
+        return _check(fp, max_pixels, png if png is not None and png.size == size else None,
+                      formats)
 
 
 # --------------------------------------------------------------------------- references
@@ -500,7 +555,7 @@ def prepare_reference(
     shown = str(path)
     data = _read_local(path, shown, max_bytes)
     try:
-        info = probe_bytes(data, max_pixels=max_pixels)
+        info = probe_bytes(data, max_pixels=max_pixels, formats=REFERENCE_FORMATS)
     except ImageCheckError as e:
         raise _refuse(shown, str(e)) from None
 

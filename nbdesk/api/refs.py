@@ -16,6 +16,7 @@ from nbdesk.api.base import InputError
 from nbdesk.api.images import (
     MAX_REFERENCE_BYTES,
     MAX_REFERENCE_PIXELS,
+    REFERENCE_FORMATS,
     ImageCheckError,
     ImageInfo,
     probe_bytes,
@@ -76,7 +77,8 @@ async def fetch_reference(
         raise InputError(f"reference image {name}: cannot fetch it ({reason})") from None
     data = bytes(body)
     try:
-        info = await asyncio.to_thread(probe_bytes, data, max_pixels=max_pixels)
+        info = await asyncio.to_thread(
+            probe_bytes, data, max_pixels=max_pixels, formats=REFERENCE_FORMATS)
     except ImageCheckError as exc:
         raise InputError(f"reference image {name}: {exc}") from None
     return data, info

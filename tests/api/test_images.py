@@ -15,10 +15,12 @@ from PIL import Image
 from nbdesk.api.base import InputError, Reference
 from nbdesk.api.images import (
     MAX_PIXELS,
+    REFERENCE_FORMATS,
     ImageCheckError,
     ImageInfo,
     PngProof,
     PngStreamCheck,
+    identify_result,
     png_crc32,
     prepare_reference,
     probe_bytes,
@@ -95,7 +97,44 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 )
 def test_probe_identifies_formats(fmt: str, expected: tuple[str, str, str]) -> None:
     data = encode(Image.new("RGB", (30, 20), (1, 2, 3)), fmt)
-    assert probe_bytes(data) == ImageInfo(*expected, width=30, height=20)
+    info = ImageInfo(*expected, width=30, height=20)
+    assert probe_bytes(data, formats=REFERENCE_FORMATS) == info
+    if info.format in ("jpeg", "png", "webp"):
+        assert probe_bytes(data) == info  # the defaults: what a provider's result may be
+
+
+def deflate_tiff(width: int = 1200, height: int = 1000) -> bytes:
+    return encode(Image.new("RGB", (width, height), (9, 99, 199)), "TIFF",
+                  compression="tiff_adobe_deflate")
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_results_are_only_jpeg_png_or_webp(fmt: str, tmp_path: Path) -> None:
+    """Refused by the magic bytes, before Pillow reads the file: not stored as a .tif."""
+    if fmt == "TIFF":
+        data = deflate_tiff()
+        assert len(data) < 50_000  # a few KB that would decode to 3.6 MB
+    else:
+        data = encode(Image.new("RGB", (30, 20), (1, 2, 3)), fmt)
+    message = rf"^a {fmt} image, where only JPEG, PNG or WebP is accepted$"
+    with pytest.raises(ImageCheckError, match=message):
+        probe_bytes(data)
+    with pytest.raises(ImageCheckError, match=message):
+        probe_file(write(tmp_path, "result.bin", data))
+    with pytest.raises(ImageCheckError, match=message):
+        identify_result(data)
+    # A reference may still be one (it is re-encoded before it is sent).
+    assert probe_bytes(data, formats=REFERENCE_FORMATS).format == fmt.lower()
+
+
+def test_result_pixel_cap_is_4k_with_headroom() -> None:
+    assert 4096 * 4096 <= MAX_PIXELS <= 30_000_000
+    # A PNG whose header declares 6000x6000 (36 MP): refused from the header, in a few KB.
+    with pytest.raises(ImageCheckError, match=r"6000×6000 pixels \(limit 25 megapixels\)"):
+        identify_result(bilevel_png(6000, 6000))
+    with pytest.raises(ImageCheckError, match="too large"):
+        probe_bytes(bilevel_png(20_000, 20_000))
+    assert identify_result(bilevel_png(4096, 4096)).pixels == 4096 * 4096
 
 
 def test_probe_file(tmp_path: Path) -> None:
