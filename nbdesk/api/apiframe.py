@@ -118,7 +118,7 @@ class ApiframeProvider(HttpProvider):
                 job_id = remote_id_value(data.get("jobId") or data.get("id"))
                 if job_id is not None:
                     return job_id
-            raise ProtocolError("submit: the provider's answer has no usable jobId")
+            raise ProtocolError("submit: the provider's answer has no jobId")
 
     @staticmethod
     def parse_job(data: Any) -> PollResult:
