@@ -6,6 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis: "ci" (the default) is fixed-seed and quick, and writes no example database
+# into the repository; NBDESK_HYPOTHESIS=long tries many more examples (still no database).
+settings.register_profile(
+    "ci", derandomize=True, max_examples=60, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "long", max_examples=5000, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("NBDESK_HYPOTHESIS", "ci"))
 
 # Window tests run offscreen by default (no display needed), on a desktop-sized screen:
 # the offscreen platform's own 800x800 screen is smaller than the main window.

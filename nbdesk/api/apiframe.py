@@ -6,6 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from nbdesk.api.answers import (
+    cost_value,
+    progress_value,
+    reading,
+    remote_id_value,
+    status_value,
+    text_value,
+)
 from nbdesk.api.base import (
     GenerationRequest,
     PollResult,
@@ -81,10 +89,7 @@ class ApiframeProvider(HttpProvider):
             response = await send(self._client, "POST", url, "submit", json=body, headers=headers)
             raise_for_status(response, "submit")
             try:
-                data = parse_json(response, "submit")
-                job_id = (data.get("jobId") or data.get("id")) if isinstance(data, dict) else None
-                if not isinstance(job_id, str) or not job_id:
-                    raise ProtocolError("submit: the provider's answer has no jobId")
+                job_id = self.parse_submit(parse_json(response, "submit"))
             except ProtocolError as exc:
                 # The job may exist; resending with the same key is safe and finds it.
                 raise TransientError(exc.message, status=exc.status) from None
@@ -106,18 +111,30 @@ class ApiframeProvider(HttpProvider):
         return result
 
     @staticmethod
+    def parse_submit(data: Any) -> str:
+        """The job id of a submit's answer (ProtocolError if it has none, or a wrong one)."""
+        with reading("submit"):
+            if isinstance(data, Mapping):
+                job_id = remote_id_value(data.get("jobId") or data.get("id"))
+                if job_id is not None:
+                    return job_id
+            raise ProtocolError("submit: the provider's answer has no jobId")
+
+    @staticmethod
     def parse_job(data: Any) -> PollResult:
+        """A poll's answer (ProtocolError for anything that cannot be read)."""
+        with reading("status"):
+            return ApiframeProvider._parse_job(data)
+
+    @staticmethod
+    def _parse_job(data: Any) -> PollResult:
         if not isinstance(data, Mapping):
             raise ProtocolError("status: the provider's answer is not a JSON object")
-        raw = str(data.get("status") or "").upper()
+        raw = status_value(data.get("status")).upper()
         state = _STATES.get(raw, RemoteState.RUNNING)  # unknown: still running
-        progress = data.get("progress")
         cost = data.get("creditCost", data.get("cost"))
         error = data.get("error")
-        message = error if isinstance(error, str) else None
-        if isinstance(error, Mapping):
-            m = error.get("message")
-            message = m if isinstance(m, str) else None
+        message = text_value(error.get("message") if isinstance(error, Mapping) else error)
         urls: tuple[str, ...] = ()
         if state is RemoteState.COMPLETED:
             urls = result_urls(data.get("result"))
@@ -127,9 +144,9 @@ class ApiframeProvider(HttpProvider):
             message = "the provider reported the job as failed (no reason given)"
         return PollResult(
             state=state,
-            progress=float(progress) if isinstance(progress, int | float) else None,
+            progress=progress_value(data.get("progress")),
             urls=urls,
-            cost=float(cost) if isinstance(cost, int | float) else None,
+            cost=cost_value(cost),
             error=message,
             raw_status=raw,
         )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from nbdesk.api.answers import cost_value, reading, remote_id_value, status_value, text_value
 from nbdesk.api.base import (
     AuthError,
     BadRequestError,
@@ -50,18 +51,29 @@ _STATES = {
 
 def unwrap(response: httpx.Response, what: str) -> Mapping[str, Any]:
     """Check the HTTP status and the envelope's code; return ``resp_data``."""
-    raise_for_status(response, what)
-    data = parse_json(response, what)
+    with reading(what):
+        raise_for_status(response, what)
+        return envelope(parse_json(response, what), what)
+
+
+def envelope(data: Any, what: str) -> Mapping[str, Any]:
+    """The envelope's ``resp_data``, or the typed error its ``code`` stands for."""
+    with reading(what):
+        return _envelope(data, what)
+
+
+def _envelope(data: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise ProtocolError(f"{what}: the provider's answer is not a JSON object")
     code = data.get("code")
     message = data.get("code_msg") or data.get("error") or data.get("message")
-    message = message.strip() if isinstance(message, str) else ""
-    if code is not None and code != 200 and str(code) != "200":
-        try:
+    message = text_value(message) or ""
+    if code is not None and code != 200 and code != "200":
+        num = 0
+        if isinstance(code, int | float) and not isinstance(code, bool) and 0 <= code < 1000:
             num = int(code)
-        except (TypeError, ValueError):
-            num = 0
+        elif isinstance(code, str) and code.strip().isdigit() and len(code.strip()) <= 3:
+            num = int(code.strip())
         if num in (401, 403):
             raise AuthError(
                 f"{what}: the provider rejected the API key"
@@ -76,7 +88,9 @@ def unwrap(response: httpx.Response, what: str) -> Mapping[str, Any]:
             raise TransientError(
                 f"{what}: provider error {num}" + (f": {message}" if message else "")
             )
-        raise BadRequestError(message or f"{what}: the provider refused the request (code {code})")
+        shown = text_value(code if isinstance(code, str) else None, 40) or str(num or "?")
+        raise BadRequestError(message or f"{what}: the provider refused the request (code "
+                              f"{shown})")
     resp = data.get("resp_data")
     if not isinstance(resp, Mapping):
         raise ProtocolError(f"{what}: the provider's answer has no resp_data object")
@@ -116,7 +130,7 @@ class ApifreeProvider(HttpProvider):
                 response = await send(
                     self._client, "POST", url, "submit", json=body, headers=self._headers()
                 )
-                resp = unwrap(response, "submit")
+                request_id = self.parse_submit(unwrap(response, "submit"))
             except TransientError as exc:
                 if not exc.sent:
                     raise  # provably not taken on: safe to retry
@@ -129,8 +143,7 @@ class ApifreeProvider(HttpProvider):
                     f"the provider's answer to the submit was unreadable ({exc.message}); "
                     "it may or may not have been accepted, so it is not repeated automatically"
                 ) from None
-            request_id = resp.get("request_id")
-            if not isinstance(request_id, str) or not request_id:
+            if request_id is None:
                 raise UnansweredSubmitError(
                     "the provider's answer to the submit has no request_id; it is not "
                     "repeated automatically"
@@ -151,13 +164,26 @@ class ApifreeProvider(HttpProvider):
         return result
 
     @staticmethod
+    def parse_submit(resp: Mapping[str, Any]) -> str | None:
+        """The request id of a submit's ``resp_data``; None when it has no usable one."""
+        with reading("submit"):
+            return remote_id_value(resp.get("request_id"))
+
+    @staticmethod
     def parse_result(resp: Mapping[str, Any]) -> PollResult:
-        raw = str(resp.get("status") or "").lower()
+        """A poll's ``resp_data`` (ProtocolError for anything that cannot be read)."""
+        with reading("status"):
+            return ApifreeProvider._parse_result(resp)
+
+    @staticmethod
+    def _parse_result(resp: Mapping[str, Any]) -> PollResult:
+        if not isinstance(resp, Mapping):
+            raise ProtocolError("status: the provider's resp_data is not a JSON object")
+        raw = status_value(resp.get("status")).lower()
         state = _STATES.get(raw, RemoteState.RUNNING)
         usage = resp.get("usage")
         cost = usage.get("cost") if isinstance(usage, Mapping) else None
-        error = resp.get("error")
-        message = error.strip() if isinstance(error, str) and error.strip() else None
+        message = text_value(resp.get("error"))
         urls: tuple[str, ...] = ()
         if state is RemoteState.COMPLETED:
             images = resp.get("image_list")
@@ -176,7 +202,7 @@ class ApifreeProvider(HttpProvider):
         return PollResult(
             state=state,
             urls=urls,
-            cost=float(cost) if isinstance(cost, int | float) else None,
+            cost=cost_value(cost),
             error=message,
             raw_status=raw,
         )

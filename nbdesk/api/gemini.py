@@ -16,11 +16,13 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from nbdesk.api.answers import error_body, reading, remote_id_value, status_value, text_value
 from nbdesk.api.base import (
     Answer,
     AnswerImage,
@@ -37,6 +39,7 @@ from nbdesk.api.base import (
 )
 from nbdesk.api.capabilities import GEMINI, ModelCaps
 from nbdesk.api.http import error_message, raise_for_status, send, with_retries
+from nbdesk.api.images import ImageCheckError, identify_result
 from nbdesk.api.provider import HttpProvider
 from nbdesk.api.validate import validate_request
 
@@ -88,9 +91,11 @@ def retry_delay(payload: Any) -> float | None:
     details = error.get("details") if isinstance(error, Mapping) else None
     for detail in details if isinstance(details, list) else []:
         if isinstance(detail, Mapping) and "retryDelay" in detail:
-            match = _DURATION.match(str(detail["retryDelay"]))
+            delay = detail["retryDelay"]
+            match = _DURATION.match(delay) if isinstance(delay, str) else None
             if match:
-                return float(match.group(1))
+                seconds = float(match.group(1))
+                return seconds if math.isfinite(seconds) else None
     return None
 
 
@@ -108,13 +113,15 @@ def check_status(response: httpx.Response, what: str) -> None:
 
     A wrong key is HTTP 400 with reason API_KEY_INVALID (an auth error, not bad input);
     a 429 carries its wait in ``RetryInfo.retryDelay`` rather than ``Retry-After``."""
-    status = response.status_code
-    if status < 400:
+    if response.status_code < 400:
         return
-    try:
-        payload: Any = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        payload = None
+    with reading(what):
+        _check_status(response, what)
+
+
+def _check_status(response: httpx.Response, what: str) -> None:
+    status = response.status_code
+    payload = error_body(response)
     message = error_message(payload)
     if status == 400 and "API_KEY_INVALID" in _reasons(payload):
         raise AuthError(
@@ -130,7 +137,16 @@ def check_status(response: httpx.Response, what: str) -> None:
 
 
 def parse_answer(raw: bytes, model: ModelCaps, resolution: str | None) -> Answer:
-    """Read a generateContent answer (blocking: base64 of big images; call in a thread)."""
+    """Read a generateContent answer (blocking: base64 of big images; call in a thread).
+
+    Anything unreadable is a ProtocolError: more images than the model makes
+    (``max_images``), an image that is not a JPEG, PNG or WebP within the pixel cap (told
+    by its header, before anything is decoded)."""
+    with reading("generate"):
+        return _parse_answer(raw, model, resolution)
+
+
+def _parse_answer(raw: bytes, model: ModelCaps, resolution: str | None) -> Answer:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -140,9 +156,10 @@ def parse_answer(raw: bytes, model: ModelCaps, resolution: str | None) -> Answer
     feedback = data.get("promptFeedback")
     if isinstance(feedback, Mapping) and feedback.get("blockReason"):
         detail = feedback.get("blockReasonMessage")
+        block = text_value(feedback.get("blockReason"), 60) or "no reason given"
+        detail = text_value(detail)
         raise ProviderFailedError(
-            f"Gemini blocked the prompt ({feedback['blockReason']})"
-            + (f": {detail}" if isinstance(detail, str) and detail else "")
+            f"Gemini blocked the prompt ({block})" + (f": {detail}" if detail else "")
         )
     candidates = data.get("candidates")
     if not isinstance(candidates, list) or not candidates:
@@ -162,20 +179,25 @@ def parse_answer(raw: bytes, model: ModelCaps, resolution: str | None) -> Answer
         signature = signature if isinstance(signature, str) and signature else None
         inline = part.get("inlineData", part.get("inline_data"))
         if isinstance(inline, Mapping):
-            mime = inline.get("mimeType", inline.get("mime_type"))
             b64 = inline.get("data")
             if not isinstance(b64, str) or not b64:
                 raise ProtocolError("generate: an image part of the answer has no data")
+            if len(images) >= model.max_images:
+                raise ProtocolError(
+                    f"generate: the answer holds more than {model.max_images} images, more "
+                    "than the model makes")
             try:
                 decoded = base64.b64decode(b64, validate=True)
             except (binascii.Error, ValueError):
                 raise ProtocolError(
                     "generate: an image of the answer is not valid base64") from None
+            try:
+                info = identify_result(decoded)
+            except ImageCheckError as exc:
+                raise ProtocolError(f"generate: an image of the answer is unusable: {exc}"
+                                    ) from None
             turn.append(Part(image_index=len(images), signature=signature))
-            images.append(AnswerImage(
-                mime=mime if isinstance(mime, str) else "application/octet-stream",
-                data=decoded, signature=signature,
-            ))
+            images.append(AnswerImage(mime=info.mime, data=decoded, signature=signature))
         elif isinstance(part.get("text"), str):
             texts.append(part["text"])
             turn.append(Part(text=part["text"], signature=signature))
@@ -183,18 +205,16 @@ def parse_answer(raw: bytes, model: ModelCaps, resolution: str | None) -> Answer
     if not images:
         if text:
             raise ProviderFailedError(text)
-        reason = str(candidate.get("finishReason") or "")
-        message = candidate.get("finishMessage")
+        reason = status_value(candidate.get("finishReason"))
+        message = text_value(candidate.get("finishMessage"))
         explained = _NO_IMAGE_REASONS.get(reason, f"finish reason {reason or 'not given'}")
         raise ProviderFailedError(
-            f"Gemini returned no image: {explained}"
-            + (f" ({message})" if isinstance(message, str) and message else "")
+            f"Gemini returned no image: {explained}" + (f" ({message})" if message else "")
         )
     price = model.price_per_image(resolution)
-    response_id = data.get("responseId")
     return Answer(
         images=tuple(images), turn=tuple(turn), text=text,
-        remote_id=response_id if isinstance(response_id, str) and response_id else None,
+        remote_id=remote_id_value(data.get("responseId")),
         cost=price * len(images) if price is not None else None,
     )
 

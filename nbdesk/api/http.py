@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
+from nbdesk.api.answers import error_body, reading, text_value
 from nbdesk.api.base import (
     ApiError,
     AuthError,
@@ -183,32 +184,34 @@ def describe_body(response: httpx.Response) -> str:
 
 
 def parse_json(response: httpx.Response, what: str) -> Any:
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ProtocolError(
-            f"{what}: expected JSON but got {describe_body(response)} "
-            f"(HTTP {response.status_code})",
-            status=response.status_code,
-        ) from None
+    with reading(what):  # deep nesting, a number too long to convert: ProtocolError
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ProtocolError(
+                f"{what}: expected JSON but got {describe_body(response)} "
+                f"(HTTP {response.status_code})",
+                status=response.status_code,
+            ) from None
 
 
-def error_message(payload: Any) -> str | None:
-    """Pull a human message out of the error bodies providers send."""
+def error_message(payload: Any, _depth: int = 0) -> str | None:
+    """Pull a human message out of the error bodies providers send (a few levels deep,
+    cut to a readable length)."""
     if isinstance(payload, str):
-        return payload.strip() or None
-    if not isinstance(payload, Mapping):
+        return text_value(payload)
+    if not isinstance(payload, Mapping) or _depth > 4:
         return None
     for key in ("error", "message", "code_msg", "detail", "msg"):
         value = payload.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            return text_value(value)
         if isinstance(value, Mapping):
-            inner = error_message(value)
+            inner = error_message(value, _depth + 1)
             if inner:
                 return inner
         if isinstance(value, list) and value:
-            inner = error_message(value[0])
+            inner = error_message(value[0], _depth + 1)
             if inner:
                 return inner
     return None
@@ -219,11 +222,7 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
     status = response.status_code
     if status < 400:
         return
-    try:
-        payload: Any = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        payload = None
-    message = error_message(payload)
+    message = error_message(error_body(response))
     if status in (401, 403):
         raise AuthError(
             f"{what}: the provider rejected the API key (HTTP {status})"

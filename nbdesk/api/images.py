@@ -36,8 +36,12 @@ if TYPE_CHECKING:
 
 # Pillow is imported at first use (it is not needed to open the window).
 
-#: Pixel cap for generated outputs (a 4K picture is ~16 megapixels).
-MAX_PIXELS = 120_000_000
+#: Pixel cap for what providers send: the models' largest output is 4K (4096×4096, 16.8
+#: megapixels; 21:9 at 4K is ~17), with headroom. A bigger "result" is refused before any
+#: of it is decoded.
+MAX_PIXELS = 25_000_000
+#: Pillow's own decompression-bomb check (a safety net above our caps, see _open_formats).
+_PILLOW_CAP = 120_000_000
 #: Pixel cap for reference images.
 MAX_REFERENCE_PIXELS = 50_000_000
 MAX_REFERENCE_SIDE = 2048
@@ -57,8 +61,11 @@ _FORMATS: dict[str, tuple[str, str, str]] = {
     "TIFF": ("tiff", "tif", "image/tiff"),
 }
 _SUPPORTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-#: Formats a reference may be sent in unchanged.
-_WIRE_FORMATS = frozenset({"jpeg", "png", "webp"})
+#: Formats a reference may be sent in unchanged; the only ones a provider's result may be
+#: in (the models make nothing else), checked by their magic bytes before any decoding.
+_WIRE_FORMATS = RESULT_FORMATS = frozenset({"jpeg", "png", "webp"})
+#: Formats a reference may be in (the others are re-encoded before they are sent).
+REFERENCE_FORMATS = frozenset(name for name, _, _ in _FORMATS.values())
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
@@ -99,29 +106,62 @@ def _bomb(error: Exception, max_pixels: int) -> ImageCheckError:
     )
 
 
+def _sniff(head: bytes) -> str | None:
+    """The format the first bytes of a file announce (its magic bytes), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:2] == b"BM":
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return None
+
+
+def _only(formats: frozenset[str]) -> str:
+    names = sorted(("WebP" if f == "webp" else f.upper()) for f in formats)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
 @functools.cache
 def _open_formats() -> tuple[str, ...]:
     from PIL import Image
 
     # Pillow warns (and, at twice the value, raises) from Image.open on pictures bigger
     # than Image.MAX_IMAGE_PIXELS (~89 megapixels by default). We apply our own, explicit
-    # caps; lift Pillow's process-wide one to our largest so that it does not fire first
-    # on pictures we accept. Anything above is still refused (by Pillow or by us). Every
-    # open here goes through this function first.
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    # caps (lower); Pillow's process-wide one is lifted to _PILLOW_CAP so that ours decide,
+    # with a message that gives the picture's size, up to there. Anything above is still
+    # refused (by Pillow). Every open here goes through this function first.
+    if Image.MAX_IMAGE_PIXELS is not None and _PILLOW_CAP > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = _PILLOW_CAP
     Image.init()  # registers every plugin (MPO, WebP, TIFF are not among Pillow's first few)
     return tuple(f for f in _FORMATS if f in Image.OPEN)
 
 
-def _open(data: bytes | BinaryIO, max_pixels: int) -> Image.Image:
-    """Identify an image (header only); the size is checked against ``max_pixels``."""
-    formats = _open_formats()
+def _open(data: bytes | BinaryIO, max_pixels: int,
+          formats: frozenset[str] = REFERENCE_FORMATS) -> Image.Image:
+    """Identify an image (header only); the size is checked against ``max_pixels``. Its
+    magic bytes must announce one of ``formats``, and only that format's reader (Pillow's)
+    sees it."""
     from PIL import Image, UnidentifiedImageError
 
     fp = io.BytesIO(data) if isinstance(data, bytes) else data
+    start = fp.tell()
+    kind = _sniff(fp.read(16))
+    fp.seek(start)
+    if kind is None:
+        raise ImageCheckError(f"not an image (or not a supported format: {_SUPPORTED})")
+    if kind not in formats:
+        shown = "WebP" if kind == "webp" else kind.upper()
+        raise ImageCheckError(f"a {shown} image, where only {_only(formats)} is accepted")
+    readers = tuple(f for f in _open_formats() if _FORMATS[f][0] == kind)
     try:
-        im = Image.open(fp, formats=formats)
+        im = Image.open(fp, formats=readers)
     except UnidentifiedImageError:
         raise ImageCheckError(f"not an image (or not a supported format: {_SUPPORTED})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -155,7 +195,8 @@ def _damaged() -> ImageCheckError:
     return ImageCheckError("the image is truncated or damaged")
 
 
-def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None) -> ImageInfo:
+def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None,
+           formats: frozenset[str] = RESULT_FORMATS) -> ImageInfo:
     """Identify the image in ``fp`` and prove it whole, as cheaply as the format allows:
 
     * PNG: every chunk's CRC up to and including IEND (no pixel is decoded; a cut file
@@ -169,7 +210,7 @@ def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None) -> ImageI
     """
     from PIL import Image
 
-    with _open(fp, max_pixels) as im:
+    with _open(fp, max_pixels, formats) as im:
         info = _info(im)
         try:
             if info.format == "png":
@@ -204,7 +245,7 @@ def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None) -> ImageI
     # verify() leaves the image unusable: reopen and decode everything, which is what
     # catches a picture whose data stops early.
     fp.seek(0)
-    with _open(fp, max_pixels) as im:
+    with _open(fp, max_pixels, formats) as im:
         try:
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -367,16 +408,29 @@ class PngStreamCheck:
         return self._error
 
 
-def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
-    """Identify and verify an image; ``ImageCheckError`` if it is not a whole, supported
-    picture of at most ``max_pixels`` pixels (see ``_check`` for what "whole" costs)."""
+def probe_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS,
+                formats: frozenset[str] = RESULT_FORMATS) -> ImageInfo:
+    """Identify and verify an image; ``ImageCheckError`` if it is not a whole picture in
+    one of ``formats`` of at most ``max_pixels`` pixels (see ``_check`` for what "whole"
+    costs). The defaults are what a provider's result may be; references pass theirs."""
     if not data:
         raise ImageCheckError("the file is empty")
-    return _check(io.BytesIO(data), max_pixels)
+    return _check(io.BytesIO(data), max_pixels, formats=formats)
+
+
+def identify_result(data: bytes) -> ImageInfo:
+    """What a provider's inline image is, from its header alone (magic bytes, then the
+    format's header for its size; nothing decoded): ``ImageCheckError`` unless a JPEG,
+    PNG or WebP of at most MAX_PIXELS. ``probe_*`` still proves it whole when it is kept."""
+    if not data:
+        raise ImageCheckError("the file is empty")
+    with _open(data, MAX_PIXELS, RESULT_FORMATS) as im:
+        return _info(im)
 
 
 def probe_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
-               png: PngProof | None = None) -> ImageInfo:
+               png: PngProof | None = None,
+               formats: frozenset[str] = RESULT_FORMATS) -> ImageInfo:
     """``probe_bytes`` of a file, read from disk as the check needs it (not into memory
     first). ``OSError`` if the file cannot be read.
 
@@ -387,7 +441,185 @@ def probe_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS,
         size = os.fstat(fp.fileno()).st_size
         if size == 0:
             raise ImageCheckError("the file is empty")
-        return _check(fp, max_pixels, png if png is not None and png.size == size else None)
+        return _check(fp, max_pixels, png if png is not None and png.size == size else None,
+                      formats)
+
+
+# --------------------------------------------------------------------------- metadata
+
+#: JPEG markers kept by strip_metadata besides the image's own: APP0 (JFIF), APP14 (Adobe:
+#: how the colours are stored), and APP2 only when it is an ICC profile.
+_APP0, _APP2, _APP14 = 0xE0, 0xE2, 0xEE
+_PNG_DROPPED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"eXIf"})
+_WEBP_DROPPED = frozenset({b"EXIF", b"XMP "})
+_VP8X_EXIF, _VP8X_XMP = 0x08, 0x04
+
+
+def strip_metadata(data: bytes, mime: str) -> bytes:
+    """``data`` without its metadata (EXIF with any GPS position, XMP, IPTC, comments,
+    text chunks), byte for byte otherwise: no pixel is decoded or re-encoded.
+
+    * JPEG: every APPn segment but APP0 (JFIF), APP2 ICC profiles and APP14 (Adobe), and
+      every COM, are left out, and whatever follows the image's end (a second picture of a
+      camera's multi-picture file, makers' trailers);
+    * PNG: tEXt, zTXt, iTXt and eXIf chunks are left out (iCCP, gAMA... stay);
+    * WebP: EXIF and "XMP " chunks are left out, the RIFF size and the VP8X flags fixed;
+    * other types: returned as they are (they are re-encoded before they are sent).
+
+    An image that has none comes back unchanged (the same bytes). An EXIF orientation
+    other than "upright" is kept, alone, in a minimal EXIF: how the picture is to be shown
+    is not private. ``ImageCheckError`` if the structure cannot be followed."""
+    try:
+        if mime == "image/jpeg":
+            return _strip_jpeg(data)
+        if mime == "image/png":
+            return _strip_png(data)
+        if mime == "image/webp":
+            return _strip_webp(data)
+    except (IndexError, ValueError) as exc:
+        if isinstance(exc, ImageCheckError):
+            raise
+        raise _damaged() from None
+    return data
+
+
+def _orientation(data: bytes) -> int | None:
+    """The EXIF orientation (2..8) when the picture is not stored upright, else None."""
+    try:
+        with _open(data, MAX_REFERENCE_PIXELS) as im:
+            value = im.getexif().get(0x0112)
+    except Exception:
+        return None
+    return value if isinstance(value, int) and 2 <= value <= 8 else None
+
+
+def _orientation_exif(value: int) -> bytes:
+    """A TIFF-structured EXIF block holding only the orientation (little-endian)."""
+    entry = (0x0112).to_bytes(2, "little") + (3).to_bytes(2, "little")  # SHORT
+    entry += (1).to_bytes(4, "little") + value.to_bytes(2, "little") + b"\x00\x00"
+    return b"II*\x00" + (8).to_bytes(4, "little") + (1).to_bytes(2, "little") + entry \
+        + bytes(4)
+
+
+def _strip_jpeg(data: bytes) -> bytes:
+    if data[:2] != b"\xff\xd8":
+        raise _damaged()
+    out = [data[:2]]
+    pos, end = 2, len(data)
+    dropped = False
+    while True:
+        if data[pos] != 0xFF:
+            raise _damaged()
+        while data[pos] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        marker = data[pos]
+        start = pos - 1
+        pos += 1
+        if marker == 0xD9:  # EOI: the end of the picture
+            out.append(b"\xff\xd9")
+            dropped = dropped or pos < end
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            out.append(data[start:pos])
+            continue
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if length < 2 or pos + length > end:
+            raise _damaged()
+        seg_end = pos + length
+        body = data[pos + 2:seg_end]
+        keep = True
+        if 0xE0 <= marker <= 0xEF:
+            keep = marker in (_APP0, _APP14) or (
+                marker == _APP2 and body.startswith(b"ICC_PROFILE\x00"))
+        elif marker == 0xFE:  # COM
+            keep = False
+        if keep:
+            out.append(data[start:seg_end])
+        else:
+            dropped = True
+        pos = seg_end
+        if marker == 0xDA:  # SOS: entropy-coded data up to the next real marker
+            scan = pos
+            while True:
+                scan = data.index(b"\xff", scan)
+                following = data[scan + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                    scan += 1 if following == 0xFF else 2
+                    continue
+                break
+            out.append(data[pos:scan])
+            pos = scan
+    if not dropped:
+        return data
+    orientation = _orientation(data)
+    if orientation is not None:
+        exif = b"Exif\x00\x00" + _orientation_exif(orientation)
+        segment = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
+        out.insert(2 if out[1][:2] == b"\xff\xe0" else 1, segment)  # JFIF's APP0 first
+    return b"".join(out)
+
+
+def _strip_png(data: bytes) -> bytes:
+    if not data.startswith(_PNG_SIGNATURE):
+        raise _damaged()
+    out = [data[:8]]
+    pos, end = 8, len(data)
+    dropped = False
+    while pos < end:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        chunk_end = pos + 12 + length
+        if len(kind) != 4 or chunk_end > end:
+            raise _damaged()
+        if kind in _PNG_DROPPED:
+            dropped = True
+        else:
+            out.append(data[pos:chunk_end])
+        pos = chunk_end
+        if kind == b"IEND":
+            dropped = dropped or pos < end
+            break
+    if not dropped:
+        return data
+    orientation = _orientation(data)
+    if orientation is not None:
+        exif = _orientation_exif(orientation)
+        crc = png_crc32()(b"eXIf" + exif, 0) & 0xFFFFFFFF
+        chunk = len(exif).to_bytes(4, "big") + b"eXIf" + exif + crc.to_bytes(4, "big")
+        out.insert(2, chunk)  # after IHDR, before the image data
+    return b"".join(out)
+
+
+def _strip_webp(data: bytes) -> bytes:
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise _damaged()
+    end = min(len(data), int.from_bytes(data[4:8], "little") + 8)
+    chunks: list[bytearray] = []
+    pos = 12
+    dropped = False
+    while pos + 8 <= end:
+        kind = data[pos:pos + 4]
+        size = int.from_bytes(data[pos + 4:pos + 8], "little")
+        chunk_end = pos + 8 + size + (size & 1)
+        if chunk_end > end + (size & 1):
+            raise _damaged()
+        if kind in _WEBP_DROPPED:
+            dropped = True
+        else:
+            chunks.append(bytearray(data[pos:chunk_end]))
+        pos = chunk_end
+    if not dropped:
+        return data
+    orientation = _orientation(data)
+    if chunks and chunks[0][:4] == b"VP8X":
+        flags = chunks[0][8] & ~(_VP8X_EXIF | _VP8X_XMP)
+        if orientation is not None:
+            exif = _orientation_exif(orientation)
+            chunks.append(bytearray(b"EXIF" + len(exif).to_bytes(4, "little") + exif))
+            flags |= _VP8X_EXIF
+        chunks[0][8] = flags
+    body = b"WEBP" + b"".join(bytes(c) for c in chunks)
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
 
 
 # --------------------------------------------------------------------------- references
@@ -468,6 +700,7 @@ def prepare_reference(
     max_side: int = MAX_REFERENCE_SIDE,
     max_bytes: int = MAX_REFERENCE_BYTES,
     max_pixels: int = MAX_REFERENCE_PIXELS,
+    keep_metadata: bool = False,
 ) -> tuple[Reference, bytes | None, ImageInfo | None]:
     """What to send for a reference image the user named.
 
@@ -479,6 +712,11 @@ def prepare_reference(
       re-encoded copy (EXIF orientation applied, long side scaled to ``max_side``; PNG if
       it has transparency, else JPEG). Returns the reference, the ORIGINAL file's bytes and
       the original's ``ImageInfo`` (the library keeps the original).
+
+    Unless ``keep_metadata``, a JPEG, PNG or WebP file's metadata (EXIF with its GPS
+    position, XMP, comments, text) is taken out first, losslessly (``strip_metadata``):
+    neither the provider nor the library copy gets it. Its orientation is kept, and applied
+    before sending.
 
     Every refusal is an ``InputError`` whose message names the file or URL.
     """
@@ -500,11 +738,13 @@ def prepare_reference(
     shown = str(path)
     data = _read_local(path, shown, max_bytes)
     try:
-        info = probe_bytes(data, max_pixels=max_pixels)
+        info = probe_bytes(data, max_pixels=max_pixels, formats=REFERENCE_FORMATS)
     except ImageCheckError as e:
         raise _refuse(shown, str(e)) from None
 
     try:
+        if not keep_metadata:
+            data = strip_metadata(data, info.mime)
         with _open(data, max_pixels) as im:
             upright = not _needs_rotation(im)
         if info.format in _WIRE_FORMATS and max(info.width, info.height) <= max_side and upright:

@@ -16,9 +16,11 @@ from nbdesk.api.base import InputError
 from nbdesk.api.images import (
     MAX_REFERENCE_BYTES,
     MAX_REFERENCE_PIXELS,
+    REFERENCE_FORMATS,
     ImageCheckError,
     ImageInfo,
     probe_bytes,
+    strip_metadata,
 )
 
 if TYPE_CHECKING:  # imported with the client (nbdesk.api.http.make_client)
@@ -37,8 +39,11 @@ def _name(url: str) -> str:
 async def fetch_reference(
     client: httpx.AsyncClient, url: str, *, max_bytes: int = MAX_REFERENCE_BYTES,
     max_pixels: int = MAX_REFERENCE_PIXELS, seconds: float = FETCH_TIMEOUT,
+    keep_metadata: bool = False,
 ) -> tuple[bytes, ImageInfo]:
-    """GET ``url`` (redirects followed) and verify the answer is a whole image.
+    """GET ``url`` (redirects followed) and verify the answer is a whole image. The bytes
+    returned (the library's copy) are without their metadata unless ``keep_metadata``
+    (``images.strip_metadata``).
 
     Every refusal is an ``InputError`` whose message names the URL and says why."""
     import httpx
@@ -76,7 +81,10 @@ async def fetch_reference(
         raise InputError(f"reference image {name}: cannot fetch it ({reason})") from None
     data = bytes(body)
     try:
-        info = await asyncio.to_thread(probe_bytes, data, max_pixels=max_pixels)
+        info = await asyncio.to_thread(
+            probe_bytes, data, max_pixels=max_pixels, formats=REFERENCE_FORMATS)
+        if not keep_metadata:
+            data = await asyncio.to_thread(strip_metadata, data, info.mime)
     except ImageCheckError as exc:
         raise InputError(f"reference image {name}: {exc}") from None
     return data, info

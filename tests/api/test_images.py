@@ -15,14 +15,17 @@ from PIL import Image
 from nbdesk.api.base import InputError, Reference
 from nbdesk.api.images import (
     MAX_PIXELS,
+    REFERENCE_FORMATS,
     ImageCheckError,
     ImageInfo,
     PngProof,
     PngStreamCheck,
+    identify_result,
     png_crc32,
     prepare_reference,
     probe_bytes,
     probe_file,
+    strip_metadata,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -95,7 +98,44 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 )
 def test_probe_identifies_formats(fmt: str, expected: tuple[str, str, str]) -> None:
     data = encode(Image.new("RGB", (30, 20), (1, 2, 3)), fmt)
-    assert probe_bytes(data) == ImageInfo(*expected, width=30, height=20)
+    info = ImageInfo(*expected, width=30, height=20)
+    assert probe_bytes(data, formats=REFERENCE_FORMATS) == info
+    if info.format in ("jpeg", "png", "webp"):
+        assert probe_bytes(data) == info  # the defaults: what a provider's result may be
+
+
+def deflate_tiff(width: int = 1200, height: int = 1000) -> bytes:
+    return encode(Image.new("RGB", (width, height), (9, 99, 199)), "TIFF",
+                  compression="tiff_adobe_deflate")
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_results_are_only_jpeg_png_or_webp(fmt: str, tmp_path: Path) -> None:
+    """Refused by the magic bytes, before Pillow reads the file: not stored as a .tif."""
+    if fmt == "TIFF":
+        data = deflate_tiff()
+        assert len(data) < 50_000  # a few KB that would decode to 3.6 MB
+    else:
+        data = encode(Image.new("RGB", (30, 20), (1, 2, 3)), fmt)
+    message = rf"^a {fmt} image, where only JPEG, PNG or WebP is accepted$"
+    with pytest.raises(ImageCheckError, match=message):
+        probe_bytes(data)
+    with pytest.raises(ImageCheckError, match=message):
+        probe_file(write(tmp_path, "result.bin", data))
+    with pytest.raises(ImageCheckError, match=message):
+        identify_result(data)
+    # A reference may still be one (it is re-encoded before it is sent).
+    assert probe_bytes(data, formats=REFERENCE_FORMATS).format == fmt.lower()
+
+
+def test_result_pixel_cap_is_4k_with_headroom() -> None:
+    assert 4096 * 4096 <= MAX_PIXELS <= 30_000_000
+    # A PNG whose header declares 6000x6000 (36 MP): refused from the header, in a few KB.
+    with pytest.raises(ImageCheckError, match=r"6000×6000 pixels \(limit 25 megapixels\)"):
+        identify_result(bilevel_png(6000, 6000))
+    with pytest.raises(ImageCheckError, match="too large"):
+        probe_bytes(bilevel_png(20_000, 20_000))
+    assert identify_result(bilevel_png(4096, 4096)).pixels == 4096 * 4096
 
 
 def test_probe_file(tmp_path: Path) -> None:
@@ -434,7 +474,9 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif[0x0112] = 6  # rotate 90° clockwise to display
     data = encode(im, "JPEG", exif=exif.tobytes())
     ref, original, info = prepare_reference(str(write(tmp_path, "phone.jpg", data)))
-    assert original == data
+    assert original is not None
+    with Image.open(io.BytesIO(original)) as kept:  # the library copy still shows upright
+        assert dict(kept.getexif()) == {0x0112: 6}
     assert info is not None and (info.width, info.height) == (120, 60)  # as stored
     _, sent = decode_uri(ref)
     with Image.open(io.BytesIO(sent)) as out:
@@ -611,3 +653,129 @@ def test_probe_file_uses_a_proof_only_for_the_same_file(tmp_path: Path) -> None:
     jpeg = write(tmp_path, "p.jpg", noisy_jpeg(64, 48)[:-2])  # a JPEG: its own check
     with pytest.raises(ImageCheckError, match="truncated or damaged"):
         probe_file(jpeg, png=PngProof(64, 48, jpeg.stat().st_size))
+
+
+# --------------------------------------------------------------------------- metadata
+
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description>nbdesk-xmp-secret'  \
+    b"</rdf:Description></rdf:RDF></x:xmpmeta>"
+GPS_IFD = 0x8825
+
+
+def srgb_icc() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def camera_exif(orientation: int = 1) -> bytes:
+    exif = Image.Exif()
+    exif[0x0110] = "nbdesk-camera-model"
+    exif[0x0112] = orientation
+    gps = exif.get_ifd(GPS_IFD)
+    gps.update({1: "N", 2: (52.0, 31.0, 12.5), 3: "E", 4: (13.0, 24.0, 1.0)})
+    return exif.tobytes()
+
+
+def with_metadata(fmt: str, orientation: int = 1, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A photo as a phone leaves it: EXIF with GPS, XMP, a comment or text, an ICC profile."""
+    im = Image.effect_noise(size, 40).convert("RGB")
+    params: dict[str, object] = {"exif": camera_exif(orientation), "icc_profile": srgb_icc()}
+    if fmt == "JPEG":
+        params |= {"xmp": XMP, "comment": b"nbdesk-comment-secret", "quality": 90}
+    elif fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Comment", "nbdesk-comment-secret")
+        info.add_text("Author", "nbdesk-comment-secret", zip=True)
+        info.add_itxt("XML:com.adobe.xmp", XMP.decode())
+        params["pnginfo"] = info
+    else:
+        params |= {"xmp": XMP, "lossless": True}
+    return encode(im, fmt, **params)
+
+
+MIMES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+SECRETS = (b"nbdesk-camera-model", b"nbdesk-xmp-secret", b"nbdesk-comment-secret", b"xmpmeta")
+
+
+def pixels(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_strip_metadata_leaves_no_gps_exif_xmp_or_text(fmt: str) -> None:
+    data = with_metadata(fmt)
+    with Image.open(io.BytesIO(data)) as before:  # the test's photo does carry them
+        assert before.getexif().get_ifd(GPS_IFD)
+        carried = SECRETS if fmt != "WEBP" else SECRETS[:2]  # (WebP has no comment)
+        assert all(secret in data for secret in carried)
+    out = strip_metadata(data, MIMES[fmt])
+    assert len(out) < len(data)
+    for secret in SECRETS:
+        assert secret not in out
+    assert b"Exif" not in out and b"eXIf" not in out and b"EXIF" not in out
+    with Image.open(io.BytesIO(out)) as after:
+        assert len(after.getexif()) == 0 and not after.getexif().get_ifd(GPS_IFD)
+        assert not {"xmp", "XML:com.adobe.xmp", "comment", "Comment", "Author", "exif"
+                    } & set(after.info)
+        assert after.info.get("icc_profile") == srgb_icc()  # the colours' meaning stays
+    assert pixels(out) == pixels(data)  # nothing re-encoded
+    assert probe_bytes(out) == probe_bytes(data)  # still a whole file (CRCs, RIFF size)
+    if fmt == "WEBP":
+        assert out[12:16] == b"VP8X" and out[20] & 0x0C == 0  # no EXIF/XMP flags left
+        assert int.from_bytes(out[4:8], "little") + 8 == len(out)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_strip_metadata_keeps_a_clean_file_byte_identical(fmt: str) -> None:
+    data = encode(Image.effect_noise((40, 30), 40).convert("RGB"), fmt)
+    assert strip_metadata(data, MIMES[fmt]) == data
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_strip_metadata_keeps_only_the_orientation(fmt: str) -> None:
+    out = strip_metadata(with_metadata(fmt, orientation=6), MIMES[fmt])
+    for secret in SECRETS:
+        assert secret not in out
+    with Image.open(io.BytesIO(out)) as after:
+        assert dict(after.getexif()) == {0x0112: 6}
+    assert probe_bytes(out).width == 64
+
+
+def test_strip_metadata_drops_a_trailer_after_the_jpeg() -> None:
+    data = with_metadata("JPEG")
+    out = strip_metadata(data + b"trailing maker notes nbdesk-xmp-secret", "image/jpeg")
+    assert out.endswith(b"\xff\xd9") and b"trailing" not in out
+
+
+def test_strip_metadata_refuses_what_it_cannot_follow() -> None:
+    with pytest.raises(ImageCheckError, match="damaged"):
+        strip_metadata(with_metadata("JPEG")[:300], "image/jpeg")
+    assert strip_metadata(b"GIF89a...", "image/gif") == b"GIF89a..."
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_references_are_sent_and_kept_without_metadata(fmt: str, tmp_path: Path) -> None:
+    data = with_metadata(fmt)
+    path = write(tmp_path, f"photo.{fmt.lower()}", data)
+    ref, original, _ = prepare_reference(str(path))
+    mime, sent = decode_uri(ref)
+    assert mime == MIMES[fmt] and sent == original == strip_metadata(data, mime)
+    for secret in SECRETS:
+        assert secret not in sent
+    assert pixels(sent) == pixels(data)
+    # The user's choice to keep it: the file as it is.
+    ref, original, _ = prepare_reference(str(path), keep_metadata=True)
+    assert decode_uri(ref) == (MIMES[fmt], data) and original == data
+
+
+def test_a_rotated_photo_is_sent_upright_without_metadata(tmp_path: Path) -> None:
+    path = write(tmp_path, "phone.jpg", with_metadata("JPEG", orientation=6, size=(120, 60)))
+    ref, original, _ = prepare_reference(str(path))
+    _, sent = decode_uri(ref)
+    with Image.open(io.BytesIO(sent)) as out:
+        assert out.size == (60, 120) and len(out.getexif()) == 0
+    assert original is not None and b"nbdesk-camera-model" not in original
