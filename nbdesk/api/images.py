@@ -223,6 +223,10 @@ def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None,
             if info.format == "jpeg":
                 im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
+                if formats == RESULT_FORMATS and not _ends_with_eoi(fp):
+                    # libjpeg makes up a missing end marker (a file cut by a byte or two)
+                    # with a mere warning; a provider's file always has its own.
+                    raise _damaged()
                 return info
             if info.format == "webp":
                 fp.seek(0, os.SEEK_END)
@@ -253,6 +257,14 @@ def _check(fp: BinaryIO, max_pixels: int, png: PngProof | None = None,
         except Exception:
             raise _damaged() from None
     return info
+
+
+def _ends_with_eoi(fp: BinaryIO) -> bool:
+    """The JPEG's last bytes (padding aside) are its end-of-image marker. Only for
+    providers' files: a camera's reference may carry a trailer (a motion photo's video)."""
+    fp.seek(0, os.SEEK_END)
+    fp.seek(max(0, fp.tell() - 64))
+    return fp.read().rstrip(b"\x00 \t\r\n").endswith(b"\xff\xd9")
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
