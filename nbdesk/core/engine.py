@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 import uuid
@@ -56,6 +57,7 @@ from nbdesk.api.images import (
 )
 from nbdesk.api.refs import fetch_reference
 from nbdesk.api.validate import validate_request
+from nbdesk.core import answers
 from nbdesk.core.connector import ConfigError, Connector
 from nbdesk.core.failpoints import failpoint
 from nbdesk.core.jobs import (
@@ -69,7 +71,15 @@ from nbdesk.core.jobs import (
     RetryPlan,
     retry_plan,
 )
-from nbdesk.core.library import Item, LeaseLost, Library, StoredImage, make_owner
+from nbdesk.core.library import (
+    Item,
+    LeaseLost,
+    Library,
+    StoredImage,
+    make_owner,
+    sha256_file,
+    sha256_hex,
+)
 from nbdesk.core.refs import RefRecord
 from nbdesk.core.secrets import scrub
 
@@ -161,6 +171,9 @@ class Engine:
         # job id -> its deadline (the loop's clock): job_timeout from when this process
         # took the job up (enqueued, resumed or retried); it bounds every step of it
         self._deadlines: dict[str, float] = {}
+        # job id -> a paid answer's images that neither the library nor the fallback
+        # folder could take: held for a retry in this process
+        self._held: dict[str, list[bytes]] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -578,6 +591,11 @@ class Engine:
             return await self._submit(job, cast(Provider, provider), request)
         if is_sync(provider):
             if state is JobState.SUBMITTING:
+                digests = await self.db(self._kept_digests, job)
+                if digests:  # answered and kept; only the record of it was lost
+                    return await self._update(
+                        job, state=JobState.DOWNLOADING, progress=100.0, note=None,
+                        result_urls=tuple(f"answer:{n}:{d}" for n, d in enumerate(digests)))
                 return await self._interrupt(job)  # caught mid-call: never re-billed silently
             return await self._store_answer(job)
         remote = cast(Provider, provider)  # submit, then poll
@@ -783,9 +801,20 @@ class Engine:
             self._unsafe_submits.pop(job_id, None)
 
     async def _keep_answer(self, job: Job, answer: Answer) -> Job:
-        # Shielded: once the answer is here, a cancel or stop must not lose the paid image.
-        digests = await asyncio.shield(asyncio.to_thread(
-            self.library.keep_answer, job.id, [i.data for i in answer.images]))
+        """The paid answer's images kept before anything else: in the library's temp
+        folder, else the fallback folder (``core.answers``), else in this process's
+        memory; then the job is in ``downloading`` with the images' digests (a retry
+        stores them, never calls again)."""
+        images = [i.data for i in answer.images]
+        try:
+            # Shielded: once the answer is here, a cancel or stop must not lose it.
+            digests = await asyncio.shield(asyncio.to_thread(
+                self.library.keep_answer, job.id, images))
+        except OSError as exc:
+            log.error("job %s: cannot keep the paid answer on disk (%s); held in memory",
+                      job.id[:8], exc)
+            self._held[job.id] = images
+            digests = [sha256_hex(d) for d in images]
         turn: list[dict[str, Any]] = []
         for part in answer.turn:
             entry: dict[str, Any] = (
@@ -802,13 +831,46 @@ class Engine:
             note=None,
         )
 
+    def _kept_digests(self, job: Job) -> list[str]:
+        """The digests of an answer kept on disk for a job caught in ``submitting`` (the
+        process died, or the database refused, after the answer was kept): [] if none."""
+        digests: list[str] = []
+        for idx in range(PROVIDERS[job.provider].model(job.model).max_images):
+            path = self.library.answer_path(job.id, idx)
+            if path.is_file():
+                digests.append(sha256_file(path))
+            elif answers.kept(job.id, idx):
+                digests.append((answers.place(job.id, idx) / "sha256").read_text().strip())
+            else:
+                break
+        return digests
+
     def _answer_kept(self, job: Job) -> bool:
         for n, marker in enumerate(job.result_urls):
             digest = marker.rpartition(":")[2]
             if (not self.library.answer_path(job.id, n).is_file()
+                    and not answers.kept(job.id, n) and job.id not in self._held
                     and self.library.placed_file(job, n, digest) is None):
                 return False
         return bool(job.result_urls)
+
+    def _bring_back(self, job_id: str, idx: int, dest: Path) -> None:
+        """A kept answer image back at ``dest`` (from the fallback folder or memory), if
+        it is kept there; ``OSError`` if ``dest`` cannot be written."""
+        if answers.restore(job_id, idx, dest):
+            return
+        held = self._held.get(job_id)
+        if held is not None and idx < len(held):
+            tmp = dest.with_suffix(".part")
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(held[idx])
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, dest)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
 
     async def _store_answer(self, job: Job) -> Job:
         """Place the images a synchronous answer brought (kept on disk) into the library."""
@@ -817,6 +879,8 @@ class Engine:
             digest = marker.rpartition(":")[2]
             src = self.library.answer_path(job.id, idx)
             try:
+                if not await asyncio.to_thread(src.is_file):
+                    await asyncio.to_thread(self._bring_back, job.id, idx, src)
                 if await asyncio.to_thread(src.is_file):
                     info = await asyncio.to_thread(probe_file, src)
                     size = (await asyncio.to_thread(src.stat)).st_size
@@ -844,7 +908,11 @@ class Engine:
                     job, f"the provider's answer holds no usable image: {exc}", "bad_image")
             except OSError as exc:
                 return await self._storage_failed(job, exc)
-        return await self._complete(job, stored)
+        done = await self._complete(job, stored)
+        if done.state is JobState.COMPLETED:
+            self._held.pop(job.id, None)
+            await asyncio.to_thread(answers.drop, job.id)
+        return done
 
     async def _poll_once(
         self, job: Job, provider: Provider
