@@ -140,6 +140,11 @@ class EngineConfig:
     wait_cap: float = 30.0  # longest pause between tries while a provider is down
     blocked_retry: float = 60.0  # a paid job whose key is missing is tried again after this
     stop_grace: float = 30.0  # how long stop() lets a non-idempotent submit finish
+    # how long past the job's deadline a paid request without an idempotency key may run
+    # before it is cut (and the job interrupted): one still only trying to connect (the
+    # provider's own retries of a refused connection) ends by itself meanwhile, and the
+    # job fails as "offline" instead of "maybe billed"
+    landing_grace: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -541,11 +546,11 @@ class Engine:
     def _time_left(self, job_id: str) -> float:
         return self._deadline(job_id) - asyncio.get_running_loop().time()
 
-    async def _within(self, job_id: str, call: Awaitable[T]) -> T:
-        """``call`` cut at the job's deadline (``_OutOfTime``)."""
+    async def _within(self, job_id: str, call: Awaitable[T], grace: float = 0.0) -> T:
+        """``call`` cut at the job's deadline (plus ``grace``): ``_OutOfTime``."""
         # TODO(after the merge): also set ``http.deadline(...)`` so send()/download_to()
-        # bound their own transfer by it.
-        when = self._deadline(job_id)
+        # bound their own transfer by it (and say whether a cut request had left).
+        when = self._deadline(job_id) + grace
         try:
             async with asyncio.timeout_at(when):
                 return await call
@@ -763,6 +768,8 @@ class Engine:
                 try:
                     job = await self._wait_out(
                         job, exc, attempt, OFFLINE_NOTE if offline else None, **back)
+                    if self._time_left(job.id) <= 0:
+                        raise exc  # not sent again just to be cut at once by the deadline
                 except TransientError:
                     if offline:
                         minutes = self.config.job_timeout / 60
@@ -788,7 +795,7 @@ class Engine:
         if idempotent:
             return await self._within(job_id, call())
         with self._landing(job_id):
-            return await self._within(job_id, call())
+            return await self._within(job_id, call(), self.config.landing_grace)
 
     @contextlib.contextmanager
     def _landing(self, job_id: str) -> Iterator[None]:
