@@ -11,6 +11,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -19,10 +20,10 @@ from nbdesk.api.base import InputError
 from nbdesk.api.capabilities import DEMO, DEMO_PROVIDER, FORMATS, PROVIDERS, RESOLUTIONS
 from nbdesk.core.connector import ConfigError
 from nbdesk.core.engine import Engine
-from nbdesk.core.jobs import RETRYABLE, Job, JobParams, JobSpec, JobState
+from nbdesk.core.jobs import MAX_COUNT, RETRYABLE, Job, JobParams, JobSpec, JobState, RetryPlan
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime, setup_logging
-from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
+from nbdesk.core.secrets import KeychainError, RedactingFilter, redact, scrub
 
 log = logging.getLogger("nbdesk.cli")
 
@@ -74,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                         "with Gemini the edit keeps the conversation's context")
     g.add_argument("--ref", action="append", default=[], metavar="PATH_OR_URL",
                    help="reference image (repeatable)")
-    g.add_argument("--count", type=int, default=1, help="number of images (one job each)")
+    g.add_argument("--count", type=int, default=1,
+                   help=f"number of images (one paid job each; at most {MAX_COUNT})")
     g.add_argument("--no-wait", action="store_true",
                    help="return once submitted; `nbdesk resume` or the app finishes the jobs")
     g.add_argument("--json", action="store_true", help="one JSON object per job per line")
@@ -85,9 +87,22 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="finish every unfinished job (never resubmits one)")
     r.add_argument("--json", action="store_true")
 
-    rt = sub.add_parser("retry", help="resubmit failed or interrupted jobs (a new paid submission)")
+    rt = sub.add_parser(
+        "retry", help="run failed, interrupted or cancelled jobs again (says first which "
+                      "ones cost money)",
+        description="A job the provider already has (a remote id), or whose paid answer "
+                    "is kept, is continued: polled, downloaded and stored, with no new "
+                    "payment. A job that never reached the provider is sent now (its first "
+                    "payment). A job the provider may already have billed (interrupted "
+                    "while its submit was on the wire, or failed by the provider) is a new "
+                    "paid submission: it is retried only with --yes (or after a yes on a "
+                    "terminal). Each job's line on stderr says which, before anything is "
+                    "sent.")
     rt.add_argument("job_ids", nargs="+", metavar="JOB_ID")
-    rt.add_argument("--json", action="store_true")
+    rt.add_argument("--yes", action="store_true",
+                    help="agree to new paid submissions of jobs that may be billed already")
+    rt.add_argument("--json", action="store_true",
+                    help="one JSON object per job per line, with its retry plan")
 
     c = sub.add_parser("cancel", help="cancel jobs")
     c.add_argument("job_ids", nargs="+", metavar="JOB_ID")
@@ -136,7 +151,7 @@ def job_json(job: Job, engine_or_rt: Engine | Runtime) -> dict[str, Any]:
         "prompt": job.prompt,
         "images": images,
         "cost": job.cost,
-        "error": job.error,
+        "error": scrub(job.error) if job.error else None,
     }
 
 
@@ -151,10 +166,16 @@ def item_json(item: Item) -> dict[str, Any]:
     }
 
 
-def _print_jobs(jobs: Sequence[Job], rt: Runtime, as_json: bool) -> None:
+def _print_jobs(jobs: Sequence[Job], rt: Runtime, as_json: bool,
+                extra: dict[str, dict[str, Any]] | None = None) -> None:
+    """One line per job on stdout; with ``as_json`` also one line on stderr per job that
+    failed (every error is a line on stderr, JSON or not)."""
     for job in jobs:
         if as_json:
-            print(json.dumps(job_json(job, rt), ensure_ascii=False), flush=True)
+            record = {**job_json(job, rt), **(extra or {}).get(job.id, {})}
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+            if job.state in (JobState.FAILED, JobState.INTERRUPTED) and job.error:
+                _error(f"job {job.id[:8]} {job.state.value}: {job.error}")
             continue
         line = f"{job.id[:8]}  {job.state.value:<11} {job.provider_label:<15} {job.model:<24}"
         line += f" {_short(job.prompt, 40)}"
@@ -163,7 +184,7 @@ def _print_jobs(jobs: Sequence[Job], rt: Runtime, as_json: bool) -> None:
             line += "  -> " + ", ".join(paths)
         elif job.error:
             line += f"  ({job.error})"
-        print(line, flush=True)
+        print(scrub(line), flush=True)
 
 
 def _short(text: str, n: int) -> str:
@@ -306,6 +327,26 @@ def _targets(rt: Runtime, job_ids: Sequence[str]) -> list[Job]:
     return list(found.values())
 
 
+def _plan_line(job: Job, plan: RetryPlan) -> str:
+    """What a retry of ``job`` means for the user's money, as the CLI says it."""
+    if plan is RetryPlan.CONTINUE:
+        if job.remote_id and not PROVIDERS[job.provider].synchronous:
+            return f"continues {job.remote_id} at the provider (no new payment)"
+        return "stores the answer already received (no new payment)"
+    if plan is RetryPlan.SUBMIT:
+        return "a new paid submission (it never reached the provider: its first payment)"
+    return ("a new paid submission; the provider may already have billed the first one "
+            "(it may be paid twice)")
+
+
+def _confirm(count: int) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"Retry {count} job(s) as new paid submissions, which may be paid twice? "
+                   "[y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
 async def _retry(args: argparse.Namespace, rt: Runtime) -> int:
     targets = _targets(rt, args.job_ids)
     # Check the whole batch before resubmitting any of it: exit 2 promises that nothing
@@ -315,6 +356,17 @@ async def _retry(args: argparse.Namespace, rt: Runtime) -> int:
         if job.state not in RETRYABLE:
             _fail(f"job {job.id[:8]} is {job.state.value}; only failed, interrupted or "
                   "cancelled jobs can be retried (nothing was retried)", EXIT_BAD_INPUT)
+    # What each retry costs, said before anything is done (the one rule: retry_plan).
+    plans = {job.id: Engine.retry_plan(job) for job in targets}
+    for job in targets:
+        print(f"{job.id[:8]}  retry: {_plan_line(job, plans[job.id])}",
+              file=sys.stderr, flush=True)
+    risky = [j for j in targets if plans[j.id] is RetryPlan.RESUBMIT]
+    if risky and not args.yes and not _confirm(len(risky)):
+        ids = " ".join(j.id[:8] for j in risky)
+        _fail(f"{len(risky)} job(s) ({ids}) may already have been billed; retrying makes a "
+              "new paid submission: run again with --yes to agree (nothing was retried)",
+              EXIT_BAD_INPUT)
     async with rt.engine(take_over=False, resume=False) as engine:
         for job in targets:
             await engine.connector.provider(job.provider, job.demo)
@@ -329,7 +381,8 @@ async def _retry(args: argparse.Namespace, rt: Runtime) -> int:
             started.append(job.id)
         # Jobs already resubmitted are seen through, never abandoned half-started.
         done = await engine.wait(started)
-    _print_jobs(done, rt, args.json)
+    extra = {i: {"retry": {"plan": plans[i].value, "paid": plans[i].paid}} for i in plans}
+    _print_jobs(done, rt, args.json, extra)
     if refused is not None:
         raise refused
     return _exit_code(done)
@@ -364,6 +417,12 @@ def _keys(args: argparse.Namespace, rt: Runtime) -> int:
         backend = store.backend_name()
         print(f"keychain: {backend}")
         for pid, caps in PROVIDERS.items():
+            value = os.environ.get(caps.env_key)
+            if value is not None and not value.strip():
+                # Not the keychain's fault: the variable is there, with nothing in it.
+                print(f"{pid:<10} {caps.env_key} is set but empty (unset it to use the "
+                      "keychain, or put the key in it)")
+                continue
             try:
                 found = store.lookup(pid)
             except KeychainError:

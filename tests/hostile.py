@@ -87,8 +87,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class Hostile:
-    def __init__(self) -> None:
-        self._server = _Server(("127.0.0.1", 0), Handler)
+    def __init__(self, port: int = 0) -> None:
+        """``port``: a given one (a provider's address that was closed until now)."""
+        self._server = _Server(("127.0.0.1", port), Handler)
         self._server.routes = _Routes()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="hostile-server")

@@ -17,7 +17,7 @@ from nbdesk.api.base import AnyProvider
 from nbdesk.api.capabilities import PROVIDERS, ProviderCaps
 from nbdesk.api.gemini import GeminiProvider
 from nbdesk.api.http import RetryPolicy, check_base_url
-from nbdesk.core.secrets import KeychainError, SecretStore
+from nbdesk.core.secrets import KeychainError, SecretStore, register_env_keys
 from nbdesk.core.settings import Settings
 
 if TYPE_CHECKING:  # httpx comes with the client; the simulator only in Demo mode
@@ -70,6 +70,9 @@ class Connector:
         self.secrets = secrets
         self.settings = settings
         self._env = os.environ if env is None else env
+        # A provider may repeat back any key it was sent: every provider's key in the
+        # environment is masked from the start (keychain keys as they are read).
+        register_env_keys(self._env)
         self._policy_factory = policy_factory
         self._demo_config = demo_config
         self._demo: Simulator | None = None

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -56,10 +57,13 @@ from nbdesk.api.images import (
 )
 from nbdesk.api.refs import fetch_reference
 from nbdesk.api.validate import validate_request
+from nbdesk.core import answers
 from nbdesk.core.connector import ConfigError, Connector
 from nbdesk.core.failpoints import failpoint
 from nbdesk.core.jobs import (
+    MAX_COUNT,
     NOT_SENT_KINDS,
+    OFFLINE_NOTE,
     RETRYABLE,
     Job,
     JobSpec,
@@ -67,8 +71,17 @@ from nbdesk.core.jobs import (
     RetryPlan,
     retry_plan,
 )
-from nbdesk.core.library import Item, LeaseLost, Library, StoredImage, make_owner
+from nbdesk.core.library import (
+    Item,
+    LeaseLost,
+    Library,
+    StoredImage,
+    make_owner,
+    sha256_file,
+    sha256_hex,
+)
 from nbdesk.core.refs import RefRecord
+from nbdesk.core.secrets import scrub
 
 if TYPE_CHECKING:
     import httpx
@@ -84,6 +97,20 @@ INTERRUPTED_MESSAGE = (
     "broke before the answer); {label} has no idempotency key, so it was not sent again. "
     "Retry sends it again — a new paid submission."
 )
+
+
+class _OutOfTime(Exception):
+    """The job's deadline passed while a provider call or a download was under way."""
+
+
+def never_left(exc: TransientError) -> bool:
+    """Whether a failed request provably never left this machine (DNS failure, connection
+    refused, no route): then nothing was sent, let alone paid. A refusal with an HTTP
+    status (429, 503) reached the provider, which did not take it on."""
+    offline = getattr(exc, "offline", None)
+    if offline is not None:
+        return bool(offline)
+    return not exc.sent and exc.status is None
 
 
 async def fetch_image(client: httpx.AsyncClient, url: str, tmp: Path, max_bytes: int
@@ -113,6 +140,11 @@ class EngineConfig:
     wait_cap: float = 30.0  # longest pause between tries while a provider is down
     blocked_retry: float = 60.0  # a paid job whose key is missing is tried again after this
     stop_grace: float = 30.0  # how long stop() lets a non-idempotent submit finish
+    # how long past the job's deadline a paid request without an idempotency key may run
+    # before it is cut (and the job interrupted): one still only trying to connect (the
+    # provider's own retries of a refused connection) ends by itself meanwhile, and the
+    # job fails as "offline" instead of "maybe billed"
+    landing_grace: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -141,6 +173,12 @@ class Engine:
         self._blocked: dict[str, float] = {}  # job id -> when to try again (no key yet)
         # submits without an idempotency key now on the wire: stop() lets them land
         self._unsafe_submits: dict[str, asyncio.Future[None]] = {}
+        # job id -> its deadline (the loop's clock): job_timeout from when this process
+        # took the job up (enqueued, resumed or retried); it bounds every step of it
+        self._deadlines: dict[str, float] = {}
+        # job id -> a paid answer's images that neither the library nor the fallback
+        # folder could take: held for a retry in this process
+        self._held: dict[str, list[bytes]] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -165,6 +203,11 @@ class Engine:
                 log.exception("job listener failed")
 
     async def _update(self, job: Job, **fields: Any) -> Job:
+        # The one place a job's texts are written: whatever a provider said (a key it
+        # repeated back included) is stored and shown only with every known key masked.
+        for name in ("error", "note"):
+            if fields.get(name):
+                fields[name] = scrub(fields[name])
         job = await self.db(self.library.update_job, job.id, self.owner, **fields)
         self._emit(job)
         return job
@@ -276,6 +319,9 @@ class Engine:
         """
         if count < 1:
             raise InputError("the number of images must be at least 1")
+        if count > MAX_COUNT:
+            raise InputError(f"at most {MAX_COUNT} images can be asked for at once "
+                             f"(one paid job each); {count} were asked for")
         self.check(spec)
         if spec.parent_item is not None:
             try:
@@ -439,6 +485,7 @@ class Engine:
             if job is None or not job.state.active:
                 return
             await self.db(self.library.clear_tmp, job_id)
+            self._deadlines[job_id] = asyncio.get_running_loop().time() + self.config.job_timeout
             if (job.state is JobState.DOWNLOADING and job.result_urls
                     and not PROVIDERS[job.provider].synchronous):
                 # Links from an earlier run may have expired (or, in Demo, pointed at a
@@ -460,7 +507,10 @@ class Engine:
                     if job.cancel_requested:
                         await self._mark_cancelled(job)
                         return
-                    job = await self._step(job, provider)
+                    try:
+                        job = await self._step(job, provider)
+                    except _OutOfTime:
+                        job = await self._out_of_time(job_id, provider)
         except asyncio.CancelledError:
             raise
         except LeaseLost:
@@ -473,13 +523,55 @@ class Engine:
                 return
             log.exception("job %s failed with an internal error", job_id[:8])
             with contextlib.suppress(Exception):
+                # (_fail keeps the remote id: a retry then continues the job, never pays)
                 job = await self.db(self.library.job, job_id)
                 await self._fail(job, f"internal error: {type(exc).__name__}: {exc}", "internal")
         finally:
             self._tasks.pop(job_id, None)
+            self._deadlines.pop(job_id, None)
             if not self._stopped and job_id not in self._cancelling:
                 with contextlib.suppress(Exception):
                     await self.db(self.library.release, self.owner, job_id)
+
+    # ------------------------------------------------------------------ the job's deadline
+    # A job has one deadline: ``job_timeout`` from when this process took it up (queued
+    # and sent, or resumed, or retried). It bounds the whole of the job's work here, every
+    # provider call (submit, generate, poll) and every download *while it is under way*,
+    # not only the waits between them. A job resumed or retried gets a fresh one.
+
+    def _deadline(self, job_id: str) -> float:
+        loop_now = asyncio.get_running_loop().time()
+        return self._deadlines.setdefault(job_id, loop_now + self.config.job_timeout)
+
+    def _time_left(self, job_id: str) -> float:
+        return self._deadline(job_id) - asyncio.get_running_loop().time()
+
+    async def _within(self, job_id: str, call: Awaitable[T], grace: float = 0.0) -> T:
+        """``call`` cut at the job's deadline (plus ``grace``): ``_OutOfTime``."""
+        # TODO(after the merge): also set ``http.deadline(...)`` so send()/download_to()
+        # bound their own transfer by it (and say whether a cut request had left).
+        when = self._deadline(job_id) + grace
+        try:
+            async with asyncio.timeout_at(when):
+                return await call
+        except TimeoutError:
+            if asyncio.get_running_loop().time() >= when:
+                raise _OutOfTime(job_id) from None
+            raise
+
+    async def _out_of_time(self, job_id: str, provider: AnyProvider) -> Job:
+        """The deadline cut a call short: a submit that may have reached a provider
+        without an idempotency key is interrupted (the user decides); any other job
+        fails as "timeout", its remote id kept (a retry continues it, unpaid)."""
+        job = await self.db(self.library.job, job_id)
+        if job.state is JobState.SUBMITTING and not provider.idempotent_submit:
+            return await self._interrupt(job)
+        if job.state in (JobState.QUEUED, JobState.SUBMITTING):
+            minutes = self.config.job_timeout / 60
+            return await self._fail(
+                job, f"the provider did not answer the submit within {minutes:.0f} min",
+                "timeout")
+        return await self._fail(job, self._timeout_message(job), "timeout")
 
     async def _fail(self, job: Job, message: str, kind: str) -> Job:
         return await self._update(
@@ -504,6 +596,11 @@ class Engine:
             return await self._submit(job, cast(Provider, provider), request)
         if is_sync(provider):
             if state is JobState.SUBMITTING:
+                digests = await self.db(self._kept_digests, job)
+                if digests:  # answered and kept; only the record of it was lost
+                    return await self._update(
+                        job, state=JobState.DOWNLOADING, progress=100.0, note=None,
+                        result_urls=tuple(f"answer:{n}:{d}" for n, d in enumerate(digests)))
                 return await self._interrupt(job)  # caught mid-call: never re-billed silently
             return await self._store_answer(job)
         remote = cast(Provider, provider)  # submit, then poll
@@ -599,91 +696,132 @@ class Engine:
             error_kind="unanswered", finished_at=time.time(), note=None,
         )
 
-    async def _wait_out(self, job: Job, exc: ApiError, attempt: int, deadline: float) -> Job:
-        """Note why we wait, then back off (capped); fail when the deadline has passed."""
-        if time.monotonic() >= deadline:
+    async def _wait_out(self, job: Job, exc: ApiError, attempt: int,
+                        note: str | None = None, **fields: Any) -> Job:
+        """Note why we wait (``fields`` written with it), then back off (capped, and never
+        past the job's deadline); raise ``exc`` when the deadline has passed."""
+        left = self._time_left(job.id)
+        if left <= 0:
             raise exc
         delay = self.config.retry.delay(min(attempt, 10), getattr(exc, "retry_after", None))
-        delay = min(max(delay, 0.05), self.config.wait_cap)
-        job = await self._update(job, note=f"waiting for the provider: {exc.message}")
+        delay = min(max(delay, 0.05), self.config.wait_cap, left)
+        job = await self._update(
+            job, note=note or f"waiting for the provider: {exc.message}", **fields)
         await self.config.retry.sleep(delay)
         return job
 
     async def _submit(self, job: Job, provider: Provider, request: GenerationRequest) -> Job:
-        if provider.idempotent_submit:
-            return await self._submit_until_answered(job, provider, request)
-        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unsafe_submits[job.id] = landed
-        try:
-            return await self._submit_until_answered(job, provider, request)
-        finally:
-            landed.set_result(None)
-            self._unsafe_submits.pop(job.id, None)
-
-    async def _submit_until_answered(
-        self, job: Job, provider: Provider, request: GenerationRequest
-    ) -> Job:
-        deadline = time.monotonic() + self.config.job_timeout
-        attempt = 0
-        while True:
-            try:
-                result = await provider.submit(request, job.idem_key)
-            except UnansweredSubmitError:
-                return await self._interrupt(job)
-            except TransientError as exc:
-                if exc.sent and not provider.idempotent_submit:
-                    return await self._interrupt(job)
-                attempt += 1
-                try:
-                    job = await self._wait_out(job, exc, attempt, deadline)
-                except TransientError:
-                    if provider.idempotent_submit or not exc.sent:
-                        return await self._fail(job, f"gave up: {exc.message}", exc.kind)
-                    return await self._interrupt(job)
-                continue
-            except ApiError as exc:
-                return await self._fail(job, exc.message, exc.kind)
-            failpoint("submit.sent")
-            return await self._update(
-                job, state=JobState.SUBMITTED, remote_id=result.remote_id,
-                submitted_at=time.time(), note=None,
-            )
+        job, result = await self._until_answered(
+            job, partial(provider.submit, request, job.idem_key),
+            idempotent=provider.idempotent_submit)
+        if result is None:
+            return job
+        failpoint("submit.sent")
+        return await self._update(
+            job, state=JobState.SUBMITTED, remote_id=result.remote_id,
+            submitted_at=time.time(), note=None,
+        )
 
     async def _generate(self, job: Job, provider: SyncProvider, request: GenerationRequest
                         ) -> Job:
         """One synchronous call (retried only while provably not taken on); the answer's
         images are written to disk before anything else happens."""
-        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unsafe_submits[job.id] = landed
-        try:
-            deadline = time.monotonic() + self.config.job_timeout
-            attempt = 0
-            while True:
+        job, answer = await self._until_answered(
+            job, partial(provider.generate, request), idempotent=False)
+        if answer is None:
+            return job
+        failpoint("submit.sent")
+        with self._landing(job.id):  # (no await since the call returned: no gap)
+            return await self._keep_answer(job, answer)
+
+    async def _until_answered(
+        self, job: Job, call: Callable[[], Awaitable[T]], *, idempotent: bool
+    ) -> tuple[Job, T | None]:
+        """Send a paid request (a submit, a synchronous generate) until it is answered:
+        (job, the answer), or (the job failed or interrupted, None).
+
+        A request that may have reached a provider without an idempotency key is never
+        repeated (the job is interrupted). One that was provably not taken on puts the
+        job back in ``queued`` (persisted before waiting): with OFFLINE_NOTE when it never
+        left the machine, so a restart finds it queued (not interrupted) and sends it then;
+        at the job's deadline it fails as "offline" (a retry is its first payment).
+        """
+        attempt = 0
+        while True:
+            try:
+                answer = await self._unsafe_call(job.id, call, idempotent)
+            except _OutOfTime:
+                if idempotent:
+                    minutes = self.config.job_timeout / 60
+                    return await self._fail(
+                        job, f"the provider did not answer the submit within {minutes:.0f} "
+                        "min", "timeout"), None
+                return await self._interrupt(job), None
+            except UnansweredSubmitError:
+                return await self._interrupt(job), None
+            except TransientError as exc:
+                if exc.sent and not idempotent:
+                    return await self._interrupt(job), None
+                attempt += 1
+                offline = never_left(exc)
+                back = {} if exc.sent else {"state": JobState.QUEUED}
                 try:
-                    answer = await provider.generate(request)
-                except UnansweredSubmitError:
-                    return await self._interrupt(job)
-                except TransientError as exc:
-                    if exc.sent:
-                        return await self._interrupt(job)
-                    attempt += 1
-                    try:
-                        job = await self._wait_out(job, exc, attempt, deadline)
-                    except TransientError:
-                        return await self._fail(job, f"gave up: {exc.message}", exc.kind)
-                    continue
-                except ApiError as exc:
-                    return await self._fail(job, exc.message, exc.kind)
-                failpoint("submit.sent")
-                return await self._keep_answer(job, answer)
+                    job = await self._wait_out(
+                        job, exc, attempt, OFFLINE_NOTE if offline else None, **back)
+                    if self._time_left(job.id) <= 0:
+                        raise exc  # not sent again just to be cut at once by the deadline
+                except TransientError:
+                    if offline:
+                        minutes = self.config.job_timeout / 60
+                        return await self._fail(
+                            job, f"offline: the provider could not be reached within "
+                            f"{minutes:.0f} min ({exc.message}); nothing was sent",
+                            "offline"), None
+                    return await self._fail(job, f"gave up: {exc.message}", exc.kind), None
+                if job.state is JobState.QUEUED:
+                    await self._running.wait()
+                    job = await self._update(
+                        job, state=JobState.SUBMITTING, submit_attempts=job.submit_attempts + 1,
+                        note=None)
+                continue
+            except ApiError as exc:
+                return await self._fail(job, exc.message, exc.kind), None
+            return job, answer
+
+    async def _unsafe_call(self, job_id: str, call: Callable[[], Awaitable[T]],
+                           idempotent: bool) -> T:
+        """``call`` within the job's deadline; one without an idempotency key is marked as
+        on the wire meanwhile (stop() lets it land rather than lose a paid answer)."""
+        if idempotent:
+            return await self._within(job_id, call())
+        with self._landing(job_id):
+            return await self._within(job_id, call(), self.config.landing_grace)
+
+    @contextlib.contextmanager
+    def _landing(self, job_id: str) -> Iterator[None]:
+        landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsafe_submits[job_id] = landed
+        try:
+            yield
         finally:
             landed.set_result(None)
-            self._unsafe_submits.pop(job.id, None)
+            self._unsafe_submits.pop(job_id, None)
 
     async def _keep_answer(self, job: Job, answer: Answer) -> Job:
-        # Shielded: once the answer is here, a cancel or stop must not lose the paid image.
-        digests = await asyncio.shield(asyncio.to_thread(
-            self.library.keep_answer, job.id, [i.data for i in answer.images]))
+        """The paid answer's images kept before anything else: in the library's temp
+        folder, else the fallback folder (``core.answers``), else in this process's
+        memory; then the job is in ``downloading`` with the images' digests (a retry
+        stores them, never calls again)."""
+        images = [i.data for i in answer.images]
+        try:
+            # Shielded: once the answer is here, a cancel or stop must not lose it.
+            digests = await asyncio.shield(asyncio.to_thread(
+                self.library.keep_answer, job.id, images))
+        except OSError as exc:
+            log.error("job %s: cannot keep the paid answer on disk (%s); held in memory",
+                      job.id[:8], exc)
+            self._held[job.id] = images
+            digests = [sha256_hex(d) for d in images]
         turn: list[dict[str, Any]] = []
         for part in answer.turn:
             entry: dict[str, Any] = (
@@ -700,13 +838,46 @@ class Engine:
             note=None,
         )
 
+    def _kept_digests(self, job: Job) -> list[str]:
+        """The digests of an answer kept on disk for a job caught in ``submitting`` (the
+        process died, or the database refused, after the answer was kept): [] if none."""
+        digests: list[str] = []
+        for idx in range(PROVIDERS[job.provider].model(job.model).max_images):
+            path = self.library.answer_path(job.id, idx)
+            if path.is_file():
+                digests.append(sha256_file(path))
+            elif answers.kept(job.id, idx):
+                digests.append((answers.place(job.id, idx) / "sha256").read_text().strip())
+            else:
+                break
+        return digests
+
     def _answer_kept(self, job: Job) -> bool:
         for n, marker in enumerate(job.result_urls):
             digest = marker.rpartition(":")[2]
             if (not self.library.answer_path(job.id, n).is_file()
+                    and not answers.kept(job.id, n) and job.id not in self._held
                     and self.library.placed_file(job, n, digest) is None):
                 return False
         return bool(job.result_urls)
+
+    def _bring_back(self, job_id: str, idx: int, dest: Path) -> None:
+        """A kept answer image back at ``dest`` (from the fallback folder or memory), if
+        it is kept there; ``OSError`` if ``dest`` cannot be written."""
+        if answers.restore(job_id, idx, dest):
+            return
+        held = self._held.get(job_id)
+        if held is not None and idx < len(held):
+            tmp = dest.with_suffix(".part")
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(held[idx])
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, dest)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
 
     async def _store_answer(self, job: Job) -> Job:
         """Place the images a synchronous answer brought (kept on disk) into the library."""
@@ -715,6 +886,8 @@ class Engine:
             digest = marker.rpartition(":")[2]
             src = self.library.answer_path(job.id, idx)
             try:
+                if not await asyncio.to_thread(src.is_file):
+                    await asyncio.to_thread(self._bring_back, job.id, idx, src)
                 if await asyncio.to_thread(src.is_file):
                     info = await asyncio.to_thread(probe_file, src)
                     size = (await asyncio.to_thread(src.stat)).st_size
@@ -742,21 +915,26 @@ class Engine:
                     job, f"the provider's answer holds no usable image: {exc}", "bad_image")
             except OSError as exc:
                 return await self._storage_failed(job, exc)
-        return await self._complete(job, stored)
+        done = await self._complete(job, stored)
+        if done.state is JobState.COMPLETED:
+            self._held.pop(job.id, None)
+            await asyncio.to_thread(answers.drop, job.id)
+        return done
 
     async def _poll_once(
-        self, job: Job, provider: Provider, deadline: float
+        self, job: Job, provider: Provider
     ) -> tuple[Job, PollResult | None]:
-        """One poll with the waiting policy; (job, None) means "try again later"."""
+        """One poll (within the job's deadline) with the waiting policy; (job, None) means
+        "try again later"."""
         assert job.remote_id is not None
         try:
-            result = await provider.poll(job.remote_id)
+            result = await self._within(job.id, provider.poll(job.remote_id))
         except (TransientError, ProtocolError) as exc:
             count = self._poll_errors.get(job.id, 0) + 1
             self._poll_errors[job.id] = count
             if isinstance(exc, ProtocolError) and count > self.config.max_protocol_errors:
                 raise
-            job = await self._wait_out(job, exc, count, deadline)
+            job = await self._wait_out(job, exc, count)
             return job, None
         self._poll_errors.pop(job.id, None)
         return job, result
@@ -764,16 +942,18 @@ class Engine:
     async def _poll(self, job: Job, provider: Provider) -> Job:
         interval = self.config.poll_interval or PROVIDERS[job.provider].poll_interval
         started = time.monotonic()
-        deadline = started + self.config.job_timeout
         while True:
             try:
-                job, result = await self._poll_once(job, provider, deadline)
+                job, result = await self._poll_once(job, provider)
             except ApiError as exc:
-                if time.monotonic() >= deadline:
+                if self._time_left(job.id) <= 0:
                     return await self._fail(job, self._timeout_message(job), "timeout")
                 return await self._fail(job, exc.message, exc.kind)
             if result is not None:
                 if result.state is RemoteState.COMPLETED:
+                    too_many = self._too_many_images(job, result.urls)
+                    if too_many:
+                        return await self._fail(job, too_many, "protocol")
                     return await self._update(
                         job, state=JobState.DOWNLOADING, result_urls=result.urls,
                         cost=result.cost, progress=100.0, note=None,
@@ -787,16 +967,30 @@ class Engine:
                 state = JobState.RUNNING if result.state is RemoteState.RUNNING else job.state
                 if (state, result.progress) != (job.state, job.progress) or job.note:
                     job = await self._update(job, state=state, progress=result.progress, note=None)
-            if time.monotonic() >= deadline:
+            left = self._time_left(job.id)
+            if left <= 0:
                 return await self._fail(job, self._timeout_message(job), "timeout")
             elapsed = time.monotonic() - started
             factor = self.config.slow_factor if elapsed > self.config.slow_after else 1.0
-            await asyncio.sleep(interval * factor)
+            await asyncio.sleep(min(interval * factor, left))
             fresh = await self.db(self.library.job, job.id)
             if fresh.cancel_requested:
                 return fresh
             if fresh.lease_owner != self.owner:
                 raise LeaseLost(job.id)
+
+    @staticmethod
+    def _too_many_images(job: Job, urls: Sequence[str]) -> str | None:
+        """Why a result listing is refused (more images than the model makes for one
+        request: nothing of it is stored), or None."""
+        try:
+            most = PROVIDERS[job.provider].model(job.model).max_images
+        except KeyError:
+            return None
+        if len(urls) <= most:
+            return None
+        return (f"the provider's answer lists {len(urls)} images for one request, more than "
+                f"the {most} this model makes; none was stored (remote id {job.remote_id})")
 
     def _timeout_message(self, job: Job) -> str:
         minutes = self.config.job_timeout / 60
@@ -805,13 +999,12 @@ class Engine:
 
     async def _download(self, job: Job, provider: Provider) -> Job:
         urls = job.result_urls
-        deadline = time.monotonic() + self.config.job_timeout
         if not urls:
             # Resumed after a crash, or retried: ask the provider for fresh URLs.
             result: PollResult | None = None
             while result is None:
                 try:
-                    job, result = await self._poll_once(job, provider, deadline)
+                    job, result = await self._poll_once(job, provider)
                 except ApiError as exc:
                     return await self._fail(job, exc.message, "download")
             if result.state is RemoteState.FAILED:
@@ -822,6 +1015,9 @@ class Engine:
             if result.state is not RemoteState.COMPLETED:
                 return await self._update(job, state=JobState.RUNNING, progress=result.progress)
             urls = result.urls
+            too_many = self._too_many_images(job, urls)
+            if too_many:
+                return await self._fail(job, too_many, "protocol")
             job = await self._update(job, result_urls=urls, cost=result.cost or job.cost)
         stored: list[StoredImage] = []
         max_bytes = PROVIDERS[job.provider].max_download_bytes
@@ -831,7 +1027,9 @@ class Engine:
             while True:
                 tmp = self.library.tmp_path(job.id, idx)
                 try:
-                    info, got = await fetch_image(self.connector.http, url, tmp, max_bytes)
+                    # Bounded by the job's deadline: a slow image does not hold the slot.
+                    info, got = await self._within(
+                        job.id, fetch_image(self.connector.http, url, tmp, max_bytes))
                     image = await self.db(
                         self.library.place_image, job, idx, tmp, sha256=got.sha256,
                         size=got.size, width=info.width, height=info.height,
@@ -843,7 +1041,10 @@ class Engine:
                     attempt += 1
                     if attempt >= self.config.max_download_attempts:
                         return await self._fail(job, f"download failed: {exc.message}", "download")
-                    job = await self._wait_out(job, exc, attempt, deadline)
+                    try:
+                        job = await self._wait_out(job, exc, attempt)
+                    except TransientError:
+                        return await self._fail(job, self._timeout_message(job), "timeout")
                 except ImageCheckError as exc:
                     await asyncio.to_thread(tmp.unlink, missing_ok=True)
                     unusable += 1

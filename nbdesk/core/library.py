@@ -545,23 +545,40 @@ class Library:
         return self.paths.tmp / f"{job_id}-{idx}.answer"
 
     def keep_answer(self, job_id: str, images: Sequence[bytes]) -> list[str]:
-        """Write the images of an answer; returns their SHA-256s."""
+        """Write the images of an answer; returns their SHA-256s.
+
+        An image the library's folder cannot take (a full disk...) is kept in the
+        fallback folder (``core.answers``) instead; ``OSError`` only if that fails too.
+        No partial file is left either way."""
+        from nbdesk.core import answers
+
         digests: list[str] = []
         for idx, data in enumerate(images):
             path = self.answer_path(job_id, idx)
             tmp = path.with_suffix(".part")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                try:
+                    answers.spill(job_id, idx, data)
+                except OSError:
+                    raise exc from None
             digests.append(sha256_hex(data))
-        fsync_dir(self.paths.tmp)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.paths.tmp)
         return digests
 
     def clear_answer(self, job_id: str) -> None:
+        from nbdesk.core import answers
+
         for stale in self.paths.tmp.glob(f"{job_id}-*.answer"):
             stale.unlink(missing_ok=True)
+        answers.drop(job_id)
 
     def placed_file(self, job: Job, idx: int, sha256: str) -> Path | None:
         """The image file of this job and index already renamed into place (a process died

@@ -82,6 +82,22 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def scrub(text: str) -> str:
+    """``text`` with every key this process knows (``RedactingFilter.known``) masked: for
+    any text that came from a provider, before it is stored or shown."""
+    return redact(text, RedactingFilter.known())
+
+
+def register_env_keys(environ: Mapping[str, str] | None = None) -> None:
+    """Make every provider's key in the environment known for masking, not only the key
+    of the provider in use (keychain keys become known as they are read)."""
+    environ = os.environ if environ is None else environ
+    for caps in capabilities.PROVIDERS.values():
+        value = environ.get(caps.env_key, "").strip()
+        if value:
+            RedactingFilter.register(value)
+
+
 class RedactingFilter(logging.Filter):
     """Replaces every registered key in a record's final message (and its traceback text).
 
@@ -514,5 +530,7 @@ __all__ = [
     "RedactingFilter",
     "SecretStore",
     "redact",
+    "register_env_keys",
+    "scrub",
     "validate_key",
 ]

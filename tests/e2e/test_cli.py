@@ -339,7 +339,7 @@ def test_cancel_and_retry_an_interrupted_job(make_sim: MakeSim, make_cli: MakeCl
     assert cli.library.job(a).state is JobState.CANCELLED
     assert cli.library.job(a).note is None  # never sent again, so nothing can be billed
 
-    retried = cli.run("retry", b, "--json")
+    retried = cli.run("retry", b, "--yes", "--json")  # a maybe-billed resubmission: agreed
 
     assert retried.code == 0, retried.describe()
     [rec] = retried.records()

@@ -137,7 +137,7 @@ def test_sigkill_mid_call_leaves_an_interrupted_job_billed_once(
     stats = sim.stats.snapshot()
     assert stats["submits"]["gemini"] == 1 and stats["requests"] == 1  # never resent
 
-    again = cli.run("retry", job.id[:8], "--json")
+    again = cli.run("retry", job.id[:8], "--yes", "--json")  # agreed to pay again
     assert again.code == 0, again.describe()
     [rec] = again.records()
     assert rec["status"] == "completed" and len(rec["images"]) == 1

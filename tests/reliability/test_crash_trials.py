@@ -295,7 +295,7 @@ def _retry_interrupted(trial: Trial) -> set[str]:
     """The user retries each interrupted job once (a new paid submission, by choice)."""
     interrupted = {j.id for j in trial.inst.in_state(JobState.INTERRUPTED)}
     if interrupted:
-        res = trial.inst.run("retry", *sorted(interrupted), "--json", timeout=RUN_TIMEOUT)
+        res = trial.inst.run("retry", *sorted(interrupted), "--yes", "--json", timeout=RUN_TIMEOUT)
         assert res.code == 0, res.describe()
         assert {r["id"] for r in res.records()} == interrupted, res.describe()
     return interrupted
