@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,23 @@ async def test_the_cap_holds_for_a_large_answer_cap_too(
     assert len(response.content) == 3_000_000 and response.content[:1] == b"{"
     assert "content-encoding" not in response.headers  # it carries the decoded body
     assert response.headers["content-length"] == "3000000"
+
+
+async def test_a_refused_answer_keeps_no_buffer_alive_with_its_error(
+    hostile: Hostile, http: httpx.AsyncClient,
+) -> None:
+    """The error (and its traceback, which a caller may keep) holds none of the 20 MiB
+    read before the cap was passed."""
+    hostile.route("POST", "/big", bomb(30_000_000))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="too large") as info:
+            await send(http, "POST", hostile.url("/big"), "generate", max_bytes=20 * 2**20)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info.value.__traceback__ is not None
+    assert peak > 20 * 2**20 and held < 4 * 2**20, (held, peak)
 
 
 _PEAK = textwrap.dedent("""
