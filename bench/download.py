@@ -69,7 +69,8 @@ async def scenario(url: str, reps: int) -> dict[str, Any]:
             tmp = lib.tmp_path(job.id, 0)
             t0 = time.perf_counter()
             check = PngStreamCheck()
-            got = await download_to(client, url, tmp, max_bytes=max_bytes, check=check)
+            got = await download_to(client, url, tmp, origin=url, max_bytes=max_bytes,
+                                    check=check)
             t1 = time.perf_counter()
             info = await asyncio.to_thread(partial(probe_file, tmp, png=check.proof()))
             t2 = time.perf_counter()

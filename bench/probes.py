@@ -139,14 +139,14 @@ async def _download_variants(url: str, reps: int) -> None:
                 pass
 
     async def engine() -> None:
-        await fetch_image(client, url, dest, 100 << 20)
+        await fetch_image(client, url, dest, 100 << 20, origin=url)
 
     async def full_probe() -> None:
-        await download_to(client, url, dest, max_bytes=100 << 20)
+        await download_to(client, url, dest, origin=url, max_bytes=100 << 20)
         await asyncio.to_thread(probe_file, dest)
 
     async def engine_verify() -> None:
-        await download_to(client, url, dest, max_bytes=100 << 20)
+        await download_to(client, url, dest, origin=url, max_bytes=100 << 20)
         await asyncio.to_thread(_verify_only, dest)
 
     async def writer_thread() -> None:

@@ -214,7 +214,7 @@ async def api_run(base_url: str) -> dict[str, Any]:
                 if polled.state in (RemoteState.COMPLETED, RemoteState.FAILED):
                     break
             for k, url in enumerate(polled.urls):
-                await download_to(http, url, scratch / f"{i}-{k}.part",
+                await download_to(http, url, scratch / f"{i}-{k}.part", origin=base_url,
                                   max_bytes=APIFRAME.max_download_bytes)
             ok += polled.state is RemoteState.COMPLETED
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 import zlib
@@ -84,6 +85,11 @@ class Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     routes: _Routes
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gives up (closes mid-answer) is what several scenarios want.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class Hostile:

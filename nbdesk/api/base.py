@@ -55,12 +55,17 @@ class TransientError(ApiError):
         status: int | None = None,
         retry_after: float | None = None,
         sent: bool = True,
+        offline: bool = False,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
         #: False when the request certainly never reached the server (connect refused,
         #: 429 / 503 refusals): then even a non-idempotent submit may be repeated.
-        self.sent = sent
+        self.sent = sent and not offline
+        #: True when the request never left this computer for want of a network: the
+        #: provider's name did not resolve, the connection was refused or had no route,
+        #: or connecting timed out. (Implies ``sent`` False.)
+        self.offline = offline
 
 
 class RateLimitedError(TransientError):
@@ -173,6 +178,8 @@ class Provider(Protocol):
     id: str
     idempotent_submit: bool
     synchronous: bool
+    #: where the provider's API is (its result links are checked against it)
+    base_url: str
 
     async def submit(self, request: GenerationRequest, idempotency_key: str) -> SubmitResult:
         """Create a paid job. Raises ApiError subclasses only."""

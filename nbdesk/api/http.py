@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
+import io
 import json
 import logging
 import os
 import queue
 import random
+import socket
 import sys
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -36,6 +40,9 @@ from nbdesk.api.base import (
     RateLimitedError,
     TransientError,
 )
+from nbdesk.api.urls import KIND_NAMES, address_kind, literal_kind
+from nbdesk.api.urls import LOOPBACK_HOSTS as LOOPBACK_HOSTS  # re-exported: the one rule
+from nbdesk.api.urls import check_base_url as check_base_url
 
 if TYPE_CHECKING:
     import httpx
@@ -48,7 +55,9 @@ _LINK_REFUSED = frozenset({401, 403, 404, 410})
 Sleep = Callable[[float], Awaitable[None]]
 
 USER_AGENT = "nbdesk/0.1 (+https://github.com/nbdesk)"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+#: The encodings asked for (and the only ones accepted): both are decoded here, with a cap
+#: on the decoded size (never br or zstd, whatever httpx could decode).
+ACCEPT_ENCODING = "gzip, deflate"
 RETRY_STATUSES = frozenset({408, 409, 429})
 
 
@@ -73,7 +82,7 @@ def make_client(timeout: float = 60.0, max_connections: int = 32) -> httpx.Async
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=15.0),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
-        headers={"User-Agent": USER_AGENT},
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
         follow_redirects=False,
         verify=True,
     )
@@ -113,25 +122,6 @@ async def _slot(client: httpx.AsyncClient) -> AsyncIterator[None]:
         sem = _SLOTS[client] = asyncio.Semaphore(size)
     async with sem:
         yield
-
-
-def check_base_url(url: str) -> str:
-    """A provider base URL must be https, or plain http on a loopback address only; never
-    with credentials in it (they would travel with every request, and end up in logs)."""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-    except ValueError:
-        raise ValueError(f"base URL {url!r} is not a valid URL") from None
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("a base URL must not contain a user name or password")
-    if parts.scheme == "https" and host:
-        return url.rstrip("/")
-    if parts.scheme == "http" and host in LOOPBACK_HOSTS:
-        return url.rstrip("/")
-    raise ValueError(
-        f"base URL {url!r} must use https:// (plain http:// only for 127.0.0.1 or localhost)"
-    )
 
 
 @dataclass
@@ -249,34 +239,209 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
 
 #: An API answer (not an image) larger than this is refused: no provider sends one.
 MAX_ANSWER_BYTES = 2 * 2**20
+#: Seconds a whole image download may take (each read has the client's own timeout too).
+DOWNLOAD_SECONDS = 300.0
+
+
+# ---------------------------------------------------------------------------- deadlines
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "nbdesk_http_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline(when: float) -> Iterator[None]:
+    """Bound every ``send()`` and ``download_to()`` made inside the block (in this task,
+    and in tasks it starts) by ``when``, a ``time.monotonic()`` value, as well as by their
+    own whole-transfer limits. Nested blocks keep the earliest deadline. A transfer still
+    running at ``when`` is abandoned with a TransientError ("did not answer in time"),
+    ``sent`` True if the request had been written; ``with_retries`` makes no further
+    attempt past it. The engine bounds a call by a job's remaining time this way::
+
+        with http.deadline(job_deadline):
+            await provider.poll(remote_id)
+    """
+    current = _DEADLINE.get()
+    token = _DEADLINE.set(when if current is None else min(current, when))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def deadline_left() -> float | None:
+    """Seconds until the innermost ``deadline()`` (negative once passed); None outside one."""
+    when = _DEADLINE.get()
+    return None if when is None else when - time.monotonic()
+
+
+class _Bound:
+    """When one transfer must be over: ``seconds`` from now, or the ``deadline()`` in force,
+    whichever comes first."""
+
+    def __init__(self, seconds: float | None) -> None:
+        own = None if seconds is None else time.monotonic() + seconds
+        job = _DEADLINE.get()
+        self.by_deadline = job is not None and (own is None or job <= own)
+        self.when = job if self.by_deadline else own
+        self.seconds = seconds
+        self._scope: asyncio.Timeout | None = None
+
+    def scope(self) -> asyncio.Timeout:
+        at = None
+        if self.when is not None:  # on the loop's clock, whatever that is
+            at = asyncio.get_running_loop().time() + (self.when - time.monotonic())
+        self._scope = asyncio.timeout_at(at)
+        return self._scope
+
+    def expired(self) -> bool:
+        return self._scope is not None and self._scope.expired()
+
+    def error(self, what: str, whom: str, sent: bool) -> TransientError:
+        why = ("the time left for the job ran out" if self.by_deadline or self.seconds is None
+               else f"no complete answer within {self.seconds:g} s")
+        return TransientError(f"{what}: {whom} did not answer in time ({why})", sent=sent)
+
+
+class _Wire:
+    """httpx's ``trace`` extension: notes whether the request was written (its headers
+    started on their way), so that an abandoned request is known to be unsent."""
+
+    def __init__(self) -> None:
+        self.written = False
+
+    async def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        if event.endswith("send_request_headers.started"):
+            self.written = True
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+class _Decoder:
+    """Undoes a body's Content-Encoding (gzip, deflate, or none) as it streams in, with a
+    cap on the DECODED bytes: a small compressed body cannot grow past ``cap`` in memory
+    (it is inflated at most a MiB at a time, and refused as soon as it passes the cap)."""
+
+    _STEP = 1 << 20
+
+    def __init__(self, encoding: str, cap: int, too_large: Callable[[], ApiError],
+                 what: str) -> None:
+        codings = [c for c in (p.strip().lower() for p in encoding.split(","))
+                   if c and c != "identity"]
+        if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
+            raise ProtocolError(
+                f"{what}: the answer is encoded as {encoding.strip()[:40]!r}, which nbdesk "
+                f"did not ask for (only {ACCEPT_ENCODING})")
+        self.coding = codings[0] if codings else None
+        self.size = 0  # decoded bytes given out
+        self._cap = cap
+        self._too_large = too_large
+        self._what = what
+        self._z: Any = None  # a zlib decompressobj, once its format is known
+        self._head = b""  # deflate: the first bytes, until zlib or raw deflate is told
+        self._fed = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if not data:
+            return
+        self._fed = True
+        if self.coding is None:
+            self._count(len(data))
+            yield data
+            return
+        if self._z is None:
+            if self.coding != "deflate":
+                self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            else:  # "deflate" is meant as zlib-wrapped; some servers send it raw
+                self._head += data
+                if len(self._head) < 2:
+                    return
+                data, self._head = self._head, b""
+                wrapped = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+                self._z = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        yield from self._inflate(data)
+
+    def finish(self) -> Iterator[bytes]:
+        """The rest, once the body has ended; ProtocolError if it ended mid-stream."""
+        if self.coding is None or not self._fed:
+            return
+        if self._z is None:  # a deflate body of one byte
+            raise ProtocolError(f"{self._what}: the compressed answer is cut short")
+        yield from self._inflate(b"", drain=True)
+        if not self._z.eof:
+            raise ProtocolError(f"{self._what}: the compressed answer is cut short")
+
+    def _inflate(self, data: bytes, drain: bool = False) -> Iterator[bytes]:
+        z = self._z
+        more = drain  # output may be pending in zlib even with no input left
+        while True:
+            if z.eof:
+                data = z.unused_data + data
+                if not data.strip(b"\0"):
+                    return  # (padding after the end)
+                if self.coding == "deflate":
+                    raise ProtocolError(f"{self._what}: data after the end of the answer")
+                z = self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next gzip member
+            if not data and not more:
+                return
+            step = min(self._STEP, self._cap - self.size + 1)
+            try:
+                piece = z.decompress(data, step)
+            except zlib.error as exc:
+                raise ProtocolError(
+                    f"{self._what}: the compressed answer is damaged ({exc})") from None
+            data = z.unconsumed_tail
+            more = len(piece) == step and not z.eof
+            if piece:
+                self._count(len(piece))
+                yield piece
+
+    def _count(self, n: int) -> None:
+        self.size += n
+        if self.size > self._cap:
+            raise self._too_large()
+
+
+# ---------------------------------------------------------------------------- requests
 
 
 async def send(
     client: httpx.AsyncClient, method: str, url: str, what: str, *,
-    max_bytes: int = MAX_ANSWER_BYTES, **kwargs: Any
+    max_bytes: int = MAX_ANSWER_BYTES, seconds: float | None = None, **kwargs: Any
 ) -> httpx.Response:
     """One request; transport failures become TransientError (never a raw httpx error).
 
-    The answer is read with a size cap (``max_bytes``, MAX_ANSWER_BYTES unless the
-    provider's answers carry images): an endless or huge body is a protocol error, not
-    memory spent."""
+    The answer is read with a cap on its decoded size (``max_bytes``, MAX_ANSWER_BYTES
+    unless the provider's answers carry images): an endless, huge or compressed-huge
+    body is a protocol error, not memory spent. The whole exchange must be over within
+    ``seconds`` (by default the request's read timeout: the client's, or the one given
+    as ``timeout``) and by any ``deadline()`` in force; past either it is abandoned as a
+    TransientError ("did not answer in time"). A failure that proves the request never
+    left this computer (no DNS, refused, no route, connect timeout) is a TransientError
+    with ``offline`` set (so ``sent`` False)."""
     _without_httpx_cli()
     import httpx
 
     try:
         request = client.build_request(method, url, **kwargs)
-        async with _slot(client):
+    except httpx.InvalidURL as exc:
+        raise ProtocolError(f"{what}: invalid URL ({exc})") from None
+    request.headers["Accept-Encoding"] = ACCEPT_ENCODING
+    wire = _Wire()
+    request.extensions = {**request.extensions, "trace": wire}
+    if seconds is None:
+        seconds = (request.extensions.get("timeout") or {}).get("read")
+    bound = _Bound(seconds)
+    try:
+        async with bound.scope(), _slot(client):
             return await _send(client, request, what, max_bytes)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        raise TransientError(
-            f"{what}: cannot reach the provider ({_reason(exc)})", sent=False
-        ) from None
-    except httpx.TimeoutException as exc:
-        raise TransientError(
-            f"{what}: the provider did not answer in time ({_reason(exc)})"
-        ) from None
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        raise bound.error(what, "the provider", sent=wire.written) from None
     except httpx.TransportError as exc:
-        raise TransientError(f"{what}: connection failed ({_reason(exc)})") from None
+        raise _transport_error(exc, what, "the provider") from None
     except httpx.InvalidURL as exc:
         raise ProtocolError(f"{what}: invalid URL ({exc})") from None
 
@@ -287,22 +452,65 @@ async def _send(
     import httpx
 
     response = await client.send(request, stream=True)
+    body = io.BytesIO()
     try:
-        body = bytearray()
+        def too_large() -> ProtocolError:
+            return ProtocolError(
+                f"{what}: the provider's answer is too large (over {_mib(max_bytes)}); "
+                "refused", status=response.status_code)
+
+        decoder = _Decoder(response.headers.get("content-encoding", ""), max_bytes,
+                           too_large, what)
+        declared = response.headers.get("content-length", "")
+        if decoder.coding is None and declared.isdigit() and int(declared) > max_bytes:
+            raise too_large()
         async for block in response.aiter_raw():
-            body += block
-            if len(body) > max_bytes:
-                limit = _mib(max_bytes)
-                raise ProtocolError(
-                    f"{what}: the provider's answer is too large (over {limit}); refused",
-                    status=response.status_code,
-                )
+            for piece in decoder.feed(block):
+                body.write(piece)
+        for piece in decoder.finish():
+            body.write(piece)
+        content = body.getvalue()  # (the buffer itself, not a copy)
+    except BaseException:
+        body.close()  # a partial answer is freed now, not when the error is dropped
+        raise
     finally:
         await response.aclose()
-    return httpx.Response(
-        response.status_code, headers=response.headers, content=bytes(body),
-        request=request,
-    )
+    # The body as decoded: it no longer has the encoding nor the length it was sent with.
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=content,
+                          request=request, extensions=response.extensions)
+
+
+def _transport_error(exc: httpx.TransportError, what: str, whom: str) -> TransientError:
+    """The TransientError for a network failure: ``offline`` (and not sent) when it proves
+    the request never left this computer, ``sent`` False when no request was written."""
+    import httpx
+
+    reason = _reason(exc)
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        if _tls_failure(exc):  # reached a server, but no secure connection: not offline
+            return TransientError(f"{what}: no secure connection to {whom} ({reason})",
+                                  sent=False)
+        return TransientError(f"{what}: cannot reach {whom} ({reason})", offline=True)
+    if isinstance(exc, httpx.PoolTimeout):
+        return TransientError(f"{what}: cannot reach {whom} (no free connection)", sent=False)
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientError(f"{what}: {whom} did not answer in time ({reason})")
+    return TransientError(f"{what}: connection failed ({reason})")
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    import ssl
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError | ssl.CertificateError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reason(exc: Exception) -> str:
@@ -321,6 +529,8 @@ async def with_retries(
 
     With ``retry_unsent_only`` (a non-idempotent submit) only failures that prove the
     request was not taken on are retried; any other transient failure is re-raised.
+    Inside a ``deadline()``, no attempt is begun after the deadline (nor a wait that
+    would end past it): the last failure is raised instead.
     """
     attempt = 0
     while True:
@@ -333,6 +543,9 @@ async def with_retries(
             if attempt >= policy.max_attempts:
                 raise
             wait = policy.delay(attempt - 1, exc.retry_after)
+            left = deadline_left()
+            if left is not None and wait >= left:
+                raise
             log.info("retrying after %s in %.2fs (attempt %d)", exc.kind, wait, attempt + 1)
             if on_retry is not None:
                 on_retry(exc, wait)
@@ -350,10 +563,61 @@ class Download:
     content_type: str
 
 
-def check_download_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProtocolError(f"the provider returned a result URL that is not http(s): {url[:80]!r}")
+def _shown(url: str) -> str:
+    return repr(url if len(url) <= 80 else url[:77] + "...")
+
+
+async def check_result_url(url: str, base_url: str) -> None:
+    """The one rule for where a result may be fetched from. ProtocolError unless ``url``
+    is http(s) with a host; not plain http when the provider (``base_url``) is https; and
+    on the internet, not on this computer, the LAN, a link-local, unspecified, multicast
+    or reserved address (IP literals of any form, ``localhost``, and names that resolve
+    to such an address: resolved here, off the event loop) — unless the provider itself
+    is on that same kind of address (the simulator and Demo on 127.0.0.1). A name that
+    does not resolve is a TransientError with ``offline`` set (the download cannot start).
+    Redirects are never followed, so the address checked is the one fetched."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        raise ProtocolError(
+            f"the provider returned a result URL that is not valid: {_shown(url)}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ProtocolError(
+            f"the provider returned a result URL that is not http(s): {_shown(url)}")
+    if parts.scheme == "http" and urlsplit(base_url).scheme == "https":
+        raise ProtocolError(
+            f"the provider returned a plain http:// result URL ({_shown(url)}) although it "
+            "is reached over https://; refused")
+    kind = await _host_kind(host, parts.port)
+    if kind is None:
+        return
+    origin = urlsplit(base_url)
+    try:
+        origin_kind = await _host_kind(origin.hostname or "", origin.port)
+    except TransientError:
+        origin_kind = None
+    if origin_kind != kind:
+        raise ProtocolError(
+            f"the provider returned a result URL on {KIND_NAMES[kind]} ({_shown(url)}); "
+            "refused: results are fetched from such an address only when the provider "
+            "itself is on one")
+
+
+async def _host_kind(host: str, port: int | None) -> str | None:
+    """urls.address_kind of ``host`` (for a name: of the most private address it resolves
+    to); TransientError (offline) when it does not resolve."""
+    known, kind = literal_kind(host)
+    if known:
+        return kind
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(
+            host.rstrip("."), port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise TransientError(f"download: cannot reach the image host ({_reason(exc)})",
+                             offline=True) from None
+    kinds = {address_kind(str(info[4][0]).split("%")[0]) for info in found}
+    return next((k for k in KIND_NAMES if k in kinds), None)
 
 
 class StreamCheck(Protocol):
@@ -612,81 +876,109 @@ async def download_to(
     url: str,
     dest: Path,
     *,
+    origin: str,
     max_bytes: int,
     chunk: int = 1 << 20,
     max_queued: int = 8 << 20,
     check: StreamCheck | None = None,
+    seconds: float = DOWNLOAD_SECONDS,
 ) -> Download:
     """Stream ``url`` into ``dest`` (a temp path): hashed, size-capped, fsynced; the
     writer gets blocks of about ``chunk`` bytes.
 
-    The caller checks the content and renames it into place. On any failure the
-    partial file is removed and a typed error raised (TransientError for network
-    trouble and short bodies, ProtocolError for an oversize or unusable answer);
-    ``OSError`` when the file cannot be written. Hashing and file work run on a writer
-    thread (the loop may be the GUI's); cancelled at any point, the download leaves no
-    open handle and no file behind once it has unwound. ``check`` sees every block
-    written, on that thread (``images.PngStreamCheck``: the content check without a
-    second pass over the file).
+    ``origin`` is the provider's base URL: ``check_result_url`` decides from it whether
+    ``url`` may be fetched at all. The caller checks the content and renames it into
+    place. On any failure the partial file is removed and a typed error raised
+    (TransientError for network trouble, short bodies and a download not over within
+    ``seconds`` or by the ``deadline()`` in force; ProtocolError for an oversize or
+    unusable answer); ``OSError`` when the file cannot be written. An image is asked for
+    unencoded; one sent gzip- or deflate-encoded anyway is decoded (the cap applies to
+    the decoded bytes, which are what is stored), any other encoding is refused.
+    Hashing and file work run on a writer thread (the loop may be the GUI's); cancelled
+    at any point, the download leaves no open handle and no file behind once it has
+    unwound. ``check`` sees every block written, on that thread
+    (``images.PngStreamCheck``: the content check without a second pass over the file).
     """
-    check_download_url(url)
     _without_httpx_cli()
     import httpx
 
     what = "download"
     size = 0
     writer: _BlockWriter | None = None
+    bound = _Bound(seconds)
+    wire = _Wire()
     try:
-        async with _slot(client), client.stream("GET", url) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                if response.status_code in _LINK_REFUSED:
-                    # Image links carry no key: a refusal means the link, not the key.
-                    raise BadRequestError(
-                        f"download: the image link was refused (HTTP "
-                        f"{response.status_code}); it may have expired. Retry asks the "
-                        "provider for a fresh link (no new payment)",
-                        status=response.status_code)
-                raise_for_status(response, what)
-            if response.status_code != 200:
-                raise ProtocolError(f"{what}: unexpected HTTP {response.status_code}")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                raise ProtocolError(
-                    f"{what}: the image is {_mib(int(declared))}, "
-                    f"over the {_mib(max_bytes)} limit"
-                )
-            ctype = response.headers.get("content-type", "")
-            apart = declared is None or not declared.isdigit() or int(declared) > _HASH_APART_OVER
-            writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued, check,
-                                  apart=apart)
-            # The pieces as read (httpx's own chunking, aiter_raw(n), copies every byte
-            # three times on the loop's thread), handed on ~``chunk`` bytes at a time.
-            pending: list[bytes] = []
-            pending_size = 0
-            async for piece in response.aiter_raw():
-                size += len(piece)
-                if size > max_bytes:
-                    raise ProtocolError(f"{what}: the image is over the {_mib(max_bytes)} limit")
-                pending.append(piece)
-                pending_size += len(piece)
-                if pending_size >= chunk:
-                    block = b"".join(pending)
-                    pending.clear()
-                    pending_size = 0
-                    await writer.put(block)
-            if pending:
-                await writer.put(b"".join(pending))
-            if declared is not None and declared.isdigit() and int(declared) != size:
-                raise TransientError(f"{what}: the connection ended early ({size} of {declared})")
-            if size == 0:
-                raise ProtocolError(f"{what}: the provider sent an empty file")
-        sha256 = await writer.finish()
+        async with bound.scope():
+            await check_result_url(url, origin)
+            async with _slot(client), client.stream(
+                    "GET", url, headers={"Accept-Encoding": "identity"},
+                    extensions={"trace": wire}) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    if response.status_code in _LINK_REFUSED:
+                        # Image links carry no key: a refusal means the link, not the key.
+                        raise BadRequestError(
+                            f"download: the image link was refused (HTTP "
+                            f"{response.status_code}); it may have expired. Retry asks the "
+                            "provider for a fresh link (no new payment)",
+                            status=response.status_code)
+                    raise_for_status(response, what)
+                if response.status_code != 200:
+                    raise ProtocolError(f"{what}: unexpected HTTP {response.status_code}")
+
+                def too_large() -> ProtocolError:
+                    return ProtocolError(
+                        f"{what}: the image is over the {_mib(max_bytes)} limit")
+
+                decoder = _Decoder(response.headers.get("content-encoding", ""), max_bytes,
+                                   too_large, what)
+                header = response.headers.get("content-length")
+                declared = int(header) if header is not None and header.isdigit() else None
+                if decoder.coding is None and declared is not None and declared > max_bytes:
+                    raise ProtocolError(
+                        f"{what}: the image is {_mib(declared)}, "
+                        f"over the {_mib(max_bytes)} limit"
+                    )
+                ctype = response.headers.get("content-type", "")
+                apart = (declared is None or decoder.coding is not None
+                         or declared > _HASH_APART_OVER)
+                writer = _BlockWriter(dest, asyncio.get_running_loop(), max_queued, check,
+                                      apart=apart)
+                # The pieces as read (httpx's own chunking, aiter_raw(n), copies every byte
+                # three times on the loop's thread), handed on ~``chunk`` bytes at a time.
+                pending: list[bytes] = []
+                pending_size = 0
+                received = 0  # bytes on the wire (before decoding)
+                async for raw in response.aiter_raw():
+                    received += len(raw)
+                    for piece in decoder.feed(raw):
+                        pending.append(piece)
+                        pending_size += len(piece)
+                        if pending_size >= chunk:
+                            block = b"".join(pending)
+                            pending.clear()
+                            pending_size = 0
+                            await writer.put(block)
+                if declared is not None and declared != received:
+                    raise TransientError(
+                        f"{what}: the connection ended early ({received} of {declared})")
+                pending.extend(decoder.finish())
+                size = decoder.size
+                if pending:
+                    await writer.put(b"".join(pending))
+                if size == 0:
+                    raise ProtocolError(f"{what}: the provider sent an empty file")
+            sha256 = await writer.finish()
+    except TimeoutError:
+        await _discard(writer, dest)
+        if not bound.expired():
+            raise
+        raise bound.error(what, "the image host", sent=wire.written) from None
     except httpx.HTTPError as exc:
         await _discard(writer, dest)
-        if isinstance(exc, httpx.TimeoutException):
-            raise TransientError(f"{what}: timed out ({_reason(exc)})") from None
-        raise TransientError(f"{what}: connection failed ({_reason(exc)})") from None
+        if isinstance(exc, httpx.TransportError):
+            raise _transport_error(exc, what, "the image host") from None
+        raise ProtocolError(f"{what}: {_reason(exc)}") from None
     except BaseException:
         await _discard(writer, dest)
         raise

@@ -113,14 +113,14 @@ def never_left(exc: TransientError) -> bool:
     return not exc.sent and exc.status is None
 
 
-async def fetch_image(client: httpx.AsyncClient, url: str, tmp: Path, max_bytes: int
-                      ) -> tuple[ImageInfo, Download]:
+async def fetch_image(client: httpx.AsyncClient, url: str, tmp: Path, max_bytes: int, *,
+                      origin: str) -> tuple[ImageInfo, Download]:
     """A result image downloaded to ``tmp`` and proved whole (``ImageCheckError`` if it
     is not), as the engine stores it. A PNG is checked on the writer thread as its bytes
     go by, so it is not read back; whatever that check did not prove (other formats, or
     a damaged PNG) gets the full ``probe_file`` check as before, which then decides."""
     check = PngStreamCheck()
-    got = await download_to(client, url, tmp, max_bytes=max_bytes, check=check)
+    got = await download_to(client, url, tmp, origin=origin, max_bytes=max_bytes, check=check)
     info = await asyncio.to_thread(partial(probe_file, tmp, png=check.proof()))
     return info, got
 
@@ -1028,8 +1028,8 @@ class Engine:
                 tmp = self.library.tmp_path(job.id, idx)
                 try:
                     # Bounded by the job's deadline: a slow image does not hold the slot.
-                    info, got = await self._within(
-                        job.id, fetch_image(self.connector.http, url, tmp, max_bytes))
+                    info, got = await self._within(job.id, fetch_image(
+                        self.connector.http, url, tmp, max_bytes, origin=provider.base_url))
                     image = await self.db(
                         self.library.place_image, job, idx, tmp, sha256=got.sha256,
                         size=got.size, width=info.width, height=info.height,

@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from nbdesk.api import capabilities
+from nbdesk.api.urls import check_base_url
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ SETTINGS_VERSION = 1
 CONCURRENCY_RANGE = (1, 64)
 POLL_INTERVAL_RANGE = (0.2, 60.0)  # seconds
 JOB_TIMEOUT_RANGE = (10.0, 86_400.0)  # seconds: 10 s .. 1 day
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 # --------------------------------------------------------------------------- validators
@@ -85,31 +84,9 @@ def _check_default_models(value: object) -> dict[str, str]:
 
 
 def validate_base_url(url: str) -> str:
-    """Check a provider base-URL override; return it without a trailing slash.
-
-    Only https:// is accepted, or http:// to a loopback host (127.0.0.1, ::1, localhost:
-    the simulator, a local proxy). No credentials, query or fragment.
-    """
-    if not url or any(ch.isspace() or not ch.isprintable() for ch in url):
-        raise ValueError(f"{url!r} is not a valid URL")
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as e:
-        raise ValueError(f"{url!r} is not a valid URL: {e}") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"{url!r} is not an http(s) URL with a host name")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("a base URL must not contain a user name or password")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: a base URL must not have a query or a fragment")
-    if parts.scheme == "http" and host.lower() not in LOOPBACK_HOSTS:
-        raise ValueError(
-            f"{url!r}: plain http:// is only allowed for this computer "
-            "(127.0.0.1, ::1, localhost); use https://"
-        )
-    return url.rstrip("/")
+    """Check a provider base-URL override; return it without a trailing slash. The rule
+    is ``nbdesk.api.urls.check_base_url``'s (the one the connector applies too)."""
+    return check_base_url(url)
 
 
 def _check_base_urls(value: object) -> dict[str, str]:

@@ -76,7 +76,8 @@ async def test_apiframe_walks_every_status_to_a_real_image(
     assert done.state is RemoteState.COMPLETED and len(done.urls) == 1
     assert done.cost is not None and done.cost > 0
 
-    got = await download_to(http, done.urls[0], tmp_path / "x.part", max_bytes=50_000_000)
+    got = await download_to(http, done.urls[0], tmp_path / "x.part",
+                            origin=sim.base_url, max_bytes=50_000_000)
     info = probe_file(got.path)
     assert info.format == "png" and info.width > info.height  # 16:9 at 1K
     assert abs(info.width * info.height - 1024 * 1024) < 0.1 * 1024 * 1024
@@ -312,7 +313,8 @@ async def test_download_refuses_oversize_and_leaves_no_file(
     url = (await client.poll(job.remote_id)).urls[0]
     dest = tmp_path / "big.part"
     with pytest.raises(ProtocolError, match="limit"):
-        await download_to(http, url, dest, max_bytes=1000)
+        await download_to(http, url, dest,
+                          origin=sim.base_url, max_bytes=1000)
     assert not dest.exists()
 
 
@@ -327,9 +329,11 @@ async def test_truncated_download_is_transient_and_leaves_no_file(
     sim.script("download", ["truncate"])
     dest = tmp_path / "t.part"
     with pytest.raises(TransientError):
-        await download_to(http, url, dest, max_bytes=50_000_000)
+        await download_to(http, url, dest,
+                          origin=sim.base_url, max_bytes=50_000_000)
     assert not dest.exists()
-    got = await download_to(http, url, dest, max_bytes=50_000_000)
+    got = await download_to(http, url, dest,
+                            origin=sim.base_url, max_bytes=50_000_000)
     assert probe_file(got.path).width > 0
 
 
@@ -354,7 +358,8 @@ async def test_download_shows_every_byte_to_its_check_and_proves_a_png(
             super().feed(block)
 
     check = Recorder()
-    got = await download_to(http, url, tmp_path / "p.part", max_bytes=50_000_000,
+    got = await download_to(http, url, tmp_path / "p.part",
+                            origin=sim.base_url, max_bytes=50_000_000,
                             chunk=16_384, check=check)
     assert bytes(check.seen) == got.path.read_bytes()
     proof = check.result()
@@ -363,7 +368,8 @@ async def test_download_shows_every_byte_to_its_check_and_proves_a_png(
 
     sim.script("download", ["cut"])
     check = PngStreamCheck()
-    got = await download_to(http, url, tmp_path / "c.part", max_bytes=50_000_000, check=check)
+    got = await download_to(http, url, tmp_path / "c.part",
+                            origin=sim.base_url, max_bytes=50_000_000, check=check)
     with pytest.raises(ImageCheckError, match="truncated or damaged"):
         check.result()
     with pytest.raises(ImageCheckError, match="truncated or damaged"):
@@ -374,7 +380,7 @@ async def test_download_that_is_not_an_image_is_detected(
     sim: Simulator, http: httpx.AsyncClient, tmp_path: Path,
 ) -> None:
     got = await download_to(http, sim.base_url + "/_sim/stats", tmp_path / "j.part",
-                            max_bytes=1_000_000)
+                            origin=sim.base_url, max_bytes=1_000_000)
     with pytest.raises(ImageCheckError):
         probe_file(got.path)
 
@@ -384,7 +390,8 @@ async def test_download_only_from_http_urls(
     url: str, http: httpx.AsyncClient, tmp_path: Path,
 ) -> None:
     with pytest.raises(ProtocolError, match="not http"):
-        await download_to(http, url, tmp_path / "x.part", max_bytes=10)
+        await download_to(http, url, tmp_path / "x.part", origin="https://api.example.com",
+                          max_bytes=10)
 
 
 def test_protocol_errors_for_html_and_wrong_shapes() -> None:
@@ -447,7 +454,8 @@ async def test_a_cancelled_download_leaves_no_handle_and_no_file(
     cancelled = 0
     for turns in range(5000):
         task = asyncio.create_task(
-            download_to(http, url, dest, max_bytes=50_000_000, chunk=16_384,
+            download_to(http, url, dest,
+                        origin=sim.base_url, max_bytes=50_000_000, chunk=16_384,
                         max_queued=32_768)
         )
         for _ in range(turns):
@@ -495,12 +503,14 @@ async def test_a_failing_content_check_fails_the_download_and_leaves_nothing(
                 raise RuntimeError("the check broke")
 
     dest = tmp_path / "f.part"
-    size = (await download_to(http, url, dest, max_bytes=50_000_000,
+    size = (await download_to(http, url, dest,
+                              origin=sim.base_url, max_bytes=50_000_000,
                               check=Broken(10**9))).size
     assert size == dest.stat().st_size
     for after in (0, size // 3, size - 1):  # the first block, one in the middle, the last
         with pytest.raises(RuntimeError, match="the check broke"):
-            await download_to(http, url, dest, max_bytes=50_000_000, chunk=16_384,
+            await download_to(http, url, dest,
+                              origin=sim.base_url, max_bytes=50_000_000, chunk=16_384,
                               max_queued=32_768, check=Broken(after))
         assert not dest.exists() and _open_handles(dest) == []
 
@@ -518,8 +528,10 @@ async def test_a_download_that_cannot_be_written_raises_oserror(
     url = (await client.poll(job.remote_id)).urls[0]
     dest = tmp_path / "missing" / "w.part"
     with pytest.raises(FileNotFoundError):
-        await download_to(http, url, dest, max_bytes=50_000_000, chunk=16_384)
+        await download_to(http, url, dest,
+                          origin=sim.base_url, max_bytes=50_000_000, chunk=16_384)
     assert not dest.exists() and _open_handles(dest) == []
     # the same client downloads normally afterwards (the connection was released)
-    got = await download_to(http, url, tmp_path / "ok.part", max_bytes=50_000_000)
+    got = await download_to(http, url, tmp_path / "ok.part",
+                            origin=sim.base_url, max_bytes=50_000_000)
     assert probe_file(got.path).width > 0

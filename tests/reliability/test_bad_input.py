@@ -315,7 +315,7 @@ KEYS_CLI = "CLI keys set -> core/secrets.validate_key (before the keychain)"
 AUTH = "provider client (HTTP 401 -> AuthError, never retried) -> engine marks the job failed"
 ANSWER = "provider client -> api/http.parse_json / raise_for_status"
 SHAPE = "provider client -> apiframe.parse_job / apifree.unwrap"
-RESULT = "engine download -> api/http.check_download_url"
+RESULT = "engine download -> api/http.check_result_url"
 DOWNLOAD = "engine download -> api/http.download_to (size cap)"
 PROBE = "engine download -> api/images.probe_file"
 LIBRARY = "CLI -> core/library.Library (LibraryError, file left untouched)"
@@ -614,7 +614,8 @@ async def _streamed_oversize(b: Bench) -> str:
     dest = b.env.library.tmp_path("streamed", 0)  # where the engine downloads to
     async with make_client(timeout=10.0) as http:
         with pytest.raises(ProtocolError) as info:
-            await download_to(http, f"{server.url}/big.png", dest, max_bytes=2_000_000)
+            await download_to(http, f"{server.url}/big.png", dest, origin=server.url,
+                              max_bytes=2_000_000)
     assert not dest.exists()
     return str(info.value)
 
@@ -869,7 +870,7 @@ async def test_an_oversize_download_message_does_not_contradict_itself(bench: Be
     async with make_client(timeout=10.0) as http:
         with pytest.raises(ProtocolError) as info:
             await download_to(http, f"{server.url}/big.png", bench.picked / "x.part",
-                              max_bytes=max_bytes)
+                              origin=server.url, max_bytes=max_bytes)
     found = re.search(r"is ([\d.]+) MiB, over the ([\d.]+) MiB limit", str(info.value))
     assert found is not None, str(info.value)
     size, limit = (float(n) for n in found.groups())
