@@ -48,6 +48,7 @@ from nbdesk.api.base import (
 )
 from nbdesk.api.capabilities import PROVIDERS
 from nbdesk.api.http import Download, RetryPolicy, download_to
+from nbdesk.api.http import deadline as http_deadline  # (engine has its own _deadline)
 from nbdesk.api.images import (
     ImageCheckError,
     ImageInfo,
@@ -99,6 +100,10 @@ INTERRUPTED_MESSAGE = (
 )
 
 
+#: Seconds past a job's deadline at which a call the HTTP layer has not ended is cut.
+_BACKSTOP = 1.0
+
+
 class _OutOfTime(Exception):
     """The job's deadline passed while a provider call or a download was under way."""
 
@@ -107,10 +112,7 @@ def never_left(exc: TransientError) -> bool:
     """Whether a failed request provably never left this machine (DNS failure, connection
     refused, no route): then nothing was sent, let alone paid. A refusal with an HTTP
     status (429, 503) reached the provider, which did not take it on."""
-    offline = getattr(exc, "offline", None)
-    if offline is not None:
-        return bool(offline)
-    return not exc.sent and exc.status is None
+    return exc.offline
 
 
 async def fetch_image(client: httpx.AsyncClient, url: str, tmp: Path, max_bytes: int, *,
@@ -547,17 +549,22 @@ class Engine:
         return self._deadline(job_id) - asyncio.get_running_loop().time()
 
     async def _within(self, job_id: str, call: Awaitable[T], grace: float = 0.0) -> T:
-        """``call`` cut at the job's deadline (plus ``grace``): ``_OutOfTime``."""
-        # TODO(after the merge): also set ``http.deadline(...)`` so send()/download_to()
-        # bound their own transfer by it (and say whether a cut request had left).
+        """``call`` cut at the job's deadline (plus ``grace``).
+
+        The HTTP layer cuts its own transfer at that moment (``http.deadline``) and says
+        whether the request had left: a TransientError, which the callers treat as any
+        other at the deadline. The timeout here, a moment later, is the backstop for what
+        is not a transfer (a hung thread): ``_OutOfTime``."""
+        loop = asyncio.get_running_loop()
         when = self._deadline(job_id) + grace
-        try:
-            async with asyncio.timeout_at(when):
-                return await call
-        except TimeoutError:
-            if asyncio.get_running_loop().time() >= when:
-                raise _OutOfTime(job_id) from None
-            raise
+        with http_deadline(time.monotonic() + (when - loop.time())):
+            try:
+                async with asyncio.timeout_at(when + _BACKSTOP):
+                    return await call
+            except TimeoutError:
+                if loop.time() >= when:
+                    raise _OutOfTime(job_id) from None
+                raise
 
     async def _out_of_time(self, job_id: str, provider: AnyProvider) -> Job:
         """The deadline cut a call short: a submit that may have reached a provider
