@@ -320,6 +320,7 @@ class InstanceServer(QObject):
 
         del self._clients[sock]
         sock.write(ACK)
+        sock.flush()  # (now: whatever the files lead to, the launch is answered)
         sock.disconnected.connect(sock.deleteLater)
         sock.disconnectFromServer()  # (once the answer is written)
         if sock.state() == QLocalSocket.LocalSocketState.UnconnectedState:
