@@ -37,7 +37,6 @@ import os
 import stat
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,10 +111,25 @@ def maybe_running(env: Mapping[str, str] | None = None) -> bool:
         return folder is None  # (no folder: no socket; pipes not listed: look closer)
 
 
-@dataclass(frozen=True)
 class Address:
-    name: str  # QLocalServer's: a socket's path (Unix), a pipe's name (Windows)
-    lock: str  # the QLockFile held while deciding who listens
+    """``name``: QLocalServer's (a socket's path on Unix, a pipe's name on Windows);
+    ``lock``: the QLockFile held while deciding who listens. (A plain class: this
+    module is imported before the window is shown, and a dataclass costs ~0.5 ms.)"""
+
+    __slots__ = ("lock", "name")
+
+    def __init__(self, name: str, lock: str) -> None:
+        self.name = name
+        self.lock = lock
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Address) and (self.name, self.lock) == (other.name, other.lock)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.lock))
+
+    def __repr__(self) -> str:
+        return f"Address({self.name!r}, {self.lock!r})"
 
     @classmethod
     def for_library(cls, root: Path, env: Mapping[str, str] | None = None) -> Address | None:
