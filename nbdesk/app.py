@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported as each step of the start needs them (see main)
     from nbdesk.core.runtime import Runtime
     from nbdesk.core.settings import Settings
     from nbdesk.ui.main_window import MainWindow
+    from nbdesk.ui.single_instance import Handoff, InstanceServer
 
 
 def settle_heap() -> None:
@@ -167,6 +168,7 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     from nbdesk.core.paths import Paths
     from nbdesk.ui.launch import apply_identity
     from nbdesk.ui.main_window import MainWindow, apply_app_style
+    from nbdesk.ui.single_instance import InstanceServer
 
     existing = QApplication.instance()
     if existing is None:  # Fusion from the start (setStyle later makes a second style: ~10 ms)
@@ -183,6 +185,10 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
     # asyncio loop, in the middle of jobs).
     app.setQuitOnLastWindowClosed(False)
     apply_identity(app)
+    # 0. another window on this library: it takes the files, and this launch ends
+    handed = _hand_off_early(files)
+    if handed is not None:
+        return handed
 
     # 1. the frame
     window = MainWindow(layout_file=Paths.resolve().settings_file.parent / "window.ini")
@@ -208,6 +214,7 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
         _could_not_start(window, f"nbdesk could not start: {exc}")
         raise
     rt: Runtime | None = None
+    server: InstanceServer | None = None
     try:
         from nbdesk.ui.crash import CrashHandler
 
@@ -230,18 +237,70 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
                 shown.repaint()
         if window.was_closed:
             return 0
+        # One window per library: listen for later launches, unless another window has
+        # just started (then the files go to it, and this one closes).
+        claimed = _claim(paths, files)
+        if not isinstance(claimed, InstanceServer) and claimed is not None:
+            window.close()
+            return _said(claimed, files)
+        server = claimed
+        pending = list(files)  # and what later launches hand over until the panels are in
+        if server is not None:
+            from nbdesk.ui.launch import files_from_another_launch
+
+            server.filesReceived.connect(
+                lambda got: files_from_another_launch(window, got, pending))
+            window.closed.connect(server.close)
         try:  # the rest of the runtime (the key store), now that the grid is drawn
             rt = Runtime.around(paths, settings, opened_library)
             setup_logging(rt.paths)
         except Exception as exc:
             _could_not_start(window, f"nbdesk could not start: {exc}")
             raise
-        return _run(app, rt, window, files)
+        return _run(app, rt, window, pending)
     finally:
+        if server is not None:
+            server.close()
         if rt is not None:
             rt.close()
         else:
             opened_library.close()
+
+
+def _hand_off_early(files: Sequence[str]) -> int | None:
+    """Before the window is shown: if a window of this user may be running (a look at
+    the sockets' folder, nothing more in the common case), find this library's and hand
+    it ``files``. The exit code if it took them (or is there but did not answer), None
+    to go on starting."""
+    from nbdesk.ui import single_instance
+
+    if not single_instance.maybe_running():
+        return None
+    from nbdesk.core.runtime import locate
+
+    paths, _settings = locate()
+    address = single_instance.Address.for_library(paths.root)
+    if address is None:
+        return None
+    handed = single_instance.hand_off(address, files)
+    return None if handed is single_instance.Handoff.NO_WINDOW else _said(handed, files)
+
+
+def _claim(paths: Paths, files: Sequence[str]) -> InstanceServer | Handoff | None:
+    """Listen as the library's window (``ui.single_instance.claim``); None: no guard."""
+    from nbdesk.ui import single_instance
+
+    address = single_instance.Address.for_library(paths.root)
+    return None if address is None else single_instance.claim(address, files)
+
+
+def _said(handed: Handoff, files: Sequence[str]) -> int:
+    """Say on stderr what became of a launch that found a window on its library (it
+    took the files, or did not answer); the launch's exit code."""
+    from nbdesk.ui.single_instance import Handoff, outcome_text
+
+    print(outcome_text(handed, files), file=sys.stderr, flush=True)
+    return 0 if handed is Handoff.HANDED else 1
 
 
 def _could_not_start(window: MainWindow, text: str) -> None:

@@ -7,6 +7,7 @@ composer's reference tray (checked there like a dropped file), ready for a promp
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,46 @@ async def _open(window: MainWindow, args: list[str]) -> Opened:
     if done.missing:
         controller.error("Cannot open " + ", ".join(done.missing) + ": not a file")
     return done
+
+
+def bring_to_front(window: MainWindow) -> None:
+    """Show the window over the others, restored if it was minimized (the desktop may
+    still only flag it: focus-stealing prevention)."""
+    from PySide6.QtCore import Qt
+
+    state = window.windowState()
+    if state & Qt.WindowState.WindowMinimized:
+        window.setWindowState(state & ~Qt.WindowState.WindowMinimized)
+    window.show()
+    window.raise_()
+    window.activateWindow()
+
+
+def files_from_another_launch(window: MainWindow, files: Sequence[str],
+                              waiting: list[str]) -> None:
+    """Another launch on this library handed ``files`` over (``ui.single_instance``):
+    the window comes to the front and opens them as it opens its own command line's;
+    until its panels are there (``window_ready``), they wait in ``waiting``."""
+    if window.was_closed:
+        return
+    bring_to_front(window)
+    if not files:
+        return
+    if not window.attached:
+        waiting.extend(files)
+        return
+    task = open_files(window, files)
+    task.add_done_callback(lambda t: _log_handed(window, t))
+
+
+def _log_handed(window: MainWindow, task: asyncio.Task[Opened]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return  # (the controller's spawn reported it)
+    done = task.result()
+    logging.getLogger("nbdesk").info(
+        "files from another launch: %d in the viewer, %d offered to the tray "
+        "(%d there now), %d not files", len(done.viewer), len(done.references),
+        len(window.composer.tray.sources()), len(done.missing))
 
 
 def window_ready(window: MainWindow, files: Sequence[str],
