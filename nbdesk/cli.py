@@ -374,7 +374,8 @@ async def _retry(args: argparse.Namespace, rt: Runtime) -> int:
         refused: InputError | None = None
         for job in targets:
             try:
-                await engine.retry(job.id)
+                await engine.retry(
+                    job.id, resubmit_ok=plans[job.id] is RetryPlan.RESUBMIT)
             except InputError as exc:  # lost a race (another process took the job meanwhile)
                 refused = exc
                 break

@@ -405,19 +405,26 @@ class Engine:
             cancel_requested=False,
         )
 
-    async def retry(self, job_id: str) -> Job:
+    async def retry(self, job_id: str, *, resubmit_ok: bool = False) -> Job:
         """Run a failed, interrupted or cancelled job again, as ``retry_plan`` says.
 
         A job the provider has (a remote id), or whose paid answer is kept on disk, is
         continued: polled with fresh links and downloaded, or stored; nothing is paid
         twice, whatever it failed of. Only a job that never reached the provider, or one
         the provider may have billed without our knowing its id (interrupted), is sent
-        again; ``retry_plan(job).paid`` tells a caller so before it asks.
+        again; ``retry_plan(job).paid`` tells a caller so before it asks. A RESUBMIT
+        (maybe a second payment) is refused unless the caller says the user agreed
+        (``resubmit_ok``), so that a job changed since the question is never paid unasked.
         """
         job = await self.db(self.library.job, job_id)
         if job.state not in RETRYABLE:
             raise InputError(f"job {job_id[:8]} is {job.state.value}; only failed, "
                              "interrupted or cancelled jobs can be retried")
+        if self.retry_plan(job) is RetryPlan.RESUBMIT and not (resubmit_ok or job.demo):
+            # The caller asked the user about another plan (the job changed since, or it
+            # never asked): a maybe-second payment is never made unasked.
+            raise InputError(f"job {job_id[:8]} may already have been billed: its retry is "
+                             "a new paid submission, which was not agreed to (not retried)")
         claimed = await self.db(self.library.claim, job_id, self.owner, self.config.lease_ttl)
         if claimed is None:
             raise InputError(f"job {job_id[:8]} is being worked by another nbdesk process")
@@ -426,6 +433,10 @@ class Engine:
         )
         caps = PROVIDERS[job.provider]
         plan = self.retry_plan(claimed)
+        if plan is RetryPlan.RESUBMIT and not (resubmit_ok or job.demo):  # changed meanwhile
+            await self.db(self.library.release, self.owner, job_id)
+            raise InputError(f"job {job_id[:8]} may already have been billed: its retry is "
+                             "a new paid submission, which was not agreed to (not retried)")
         if plan is RetryPlan.CONTINUE and caps.synchronous:
             if await self.db(self._answer_kept, claimed):
                 job = await self._update(claimed, state=JobState.DOWNLOADING, **common)

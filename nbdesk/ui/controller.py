@@ -113,10 +113,12 @@ class Controller(QObject):
         for job_id in job_ids:
             self.spawn(self.engine.cancel(job_id), what="cancelling the job")
 
-    def retry(self, job_ids: Sequence[str]) -> None:
-        """Retry now, whatever it costs: the window asks first (``retry_plans``)."""
+    def retry(self, job_ids: Sequence[str], *, paid_ok: bool = False) -> None:
+        """Retry now; ``paid_ok`` once the user agreed to new paid submissions (the
+        window asks first: ``retry_plans``). Without it the engine refuses a retry that
+        may pay twice."""
         for job_id in job_ids:
-            self.spawn(self.engine.retry(job_id), what="retrying the job")
+            self.spawn(self.engine.retry(job_id, resubmit_ok=paid_ok), what="retrying the job")
 
     @staticmethod
     def retry_plan(job: Job) -> RetryPlan:

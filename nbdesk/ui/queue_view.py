@@ -225,7 +225,7 @@ class QueueView(QWidget):
         if not paid:
             return
         if not self.controller.rt.settings.confirm_paid_retry:
-            self.controller.retry([job.id for job, _ in paid])
+            self.controller.retry([job.id for job, _ in paid], paid_ok=True)
             return
         self._ask_paid_retry(paid, continued=len(free))
 
@@ -273,7 +273,7 @@ class QueueView(QWidget):
                 return  # cancelled: nothing is sent, nothing changes
             if check.isChecked():
                 self.controller.update_settings(confirm_paid_retry=False)
-            self.controller.retry(ids)
+            self.controller.retry(ids, paid_ok=True)
 
         box.finished.connect(answered)
         self.retry_question = box

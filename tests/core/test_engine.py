@@ -266,7 +266,11 @@ async def test_resume_interrupts_a_submitting_apifree_job_and_retry_completes_it
         assert job.state is JobState.INTERRUPTED and job.error_kind == "unanswered"
         assert job.error and "Retry" in job.error
         assert engine_env.sim.stats.requests == 0
-        retried = await engine.retry(job_id)
+        # A maybe-second payment is never made unless the caller says the user agreed.
+        with pytest.raises(InputError, match="may already have been billed"):
+            await engine.retry(job_id)
+        assert (await engine.db(engine.library.job, job_id)).state is JobState.INTERRUPTED
+        retried = await engine.retry(job_id, resubmit_ok=True)
         assert retried.idem_key != job.idem_key  # a new submission, knowingly
         (job,) = await engine.wait([job_id])
     finally:
@@ -421,7 +425,7 @@ async def test_jobs_complete_through_a_fault_storm(engine_env: EngineEnv) -> Non
             interrupted = [j for j in done if j.state is JobState.INTERRUPTED]
             assert all(j.provider == "apifree" for j in interrupted)
             for job in interrupted:
-                await engine.retry(job.id)
+                await engine.retry(job.id, resubmit_ok=True)  # the user agrees to pay
             done = await engine.wait([j.id for j in jobs])
     finally:
         await close_engine(engine)

@@ -115,7 +115,7 @@ async def test_a_lost_answer_is_interrupted_never_resent_and_retry_pays_again(
         (job,) = await engine.wait([job.id])
         assert job.state is JobState.INTERRUPTED and job.error_kind == "unanswered"
         assert engine_env.sim.stats.requests == 1 and engine_env.sim.stats.submits["gemini"] == 1
-        await engine.retry(job.id)
+        await engine.retry(job.id, resubmit_ok=True)
         (job,) = await engine.wait([job.id])
     finally:
         await close_engine(engine)
