@@ -333,11 +333,13 @@ class Engine:
                     f"there is no image #{spec.parent_item} in the library to edit") from None
         await self.connector.provider(spec.provider, spec.demo)  # a key, a valid base URL
         # Every reference is checked before any is copied: a refused one leaves nothing.
-        checked = await asyncio.to_thread(self._check_refs, spec.refs)
+        keep = self._keep_metadata
+        checked = await asyncio.to_thread(self._check_refs, spec.refs, keep)
         for n, (source, kind, data, info) in enumerate(checked):
             if data is None or info is None:
                 # A URL: fetched and verified now rather than failing at the provider.
-                data, info = await fetch_reference(self.connector.http, source)
+                data, info = await fetch_reference(self.connector.http, source,
+                                                   keep_metadata=keep)
                 checked[n] = (source, kind, data, info)
         refs = await asyncio.to_thread(self._import_refs, checked)
         jobs = await self.db(
@@ -348,13 +350,19 @@ class Engine:
             self._spawn(job.id)
         return jobs
 
+    @property
+    def _keep_metadata(self) -> bool:
+        """Whether references keep their EXIF/XMP (GPS, camera): the user's setting."""
+        return self.connector.settings.keep_reference_metadata
+
     @staticmethod
-    def _check_refs(sources: Sequence[str]) -> list[_CheckedRef]:
+    def _check_refs(sources: Sequence[str], keep_metadata: bool) -> list[_CheckedRef]:
         """Every reference checked (InputError for the first one refused): (source, kind,
-        the file's bytes and info), or (url, "url", None, None) for a URL."""
+        the file's bytes, without their metadata unless ``keep_metadata``, and info), or
+        (url, "url", None, None) for a URL."""
         checked: list[_CheckedRef] = []
         for source in sources:
-            _ref, data, info = prepare_reference(source)
+            _ref, data, info = prepare_reference(source, keep_metadata=keep_metadata)
             checked.append((source, "url" if data is None else "file", data, info))
         return checked
 
@@ -638,12 +646,13 @@ class Engine:
 
     def _request(self, job: Job) -> GenerationRequest:
         refs: list[Reference] = []
+        keep = self._keep_metadata  # (a copy made before stripping existed has its EXIF)
         for ref in job.refs:
             if ref.kind == "file" and ref.path:
                 path = self.library.root / ref.path
                 if not path.is_file():
                     raise InputError(f"the library's copy of reference {ref.source} is missing")
-                refs.append(prepare_reference(str(path))[0])
+                refs.append(prepare_reference(str(path), keep_metadata=keep)[0])
             else:
                 refs.append(Reference(ref.source))
         history, parent_sha = self._history(job)
@@ -690,7 +699,8 @@ class Engine:
                 if rec.kind == "file" and rec.path and rec.sha256 != previous_sha:
                     path = self.library.root / rec.path
                     if path.is_file():
-                        user.append(Part(image=prepare_reference(str(path))[0]))
+                        user.append(Part(image=prepare_reference(
+                            str(path), keep_metadata=self._keep_metadata)[0]))
             if not item.path.is_file():
                 raise InputError(f"image #{item.id} of the edit chain is missing its file")
             image = prepare_reference(str(item.path))[0]

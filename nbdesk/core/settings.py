@@ -170,6 +170,7 @@ _VALIDATORS: dict[str, Callable[[object], Any]] = {
     "library_dir": _check_library_dir,
     "notify_on_finish": _check_bool("notify_on_finish"),
     "confirm_paid_retry": _check_bool("confirm_paid_retry"),
+    "keep_reference_metadata": _check_bool("keep_reference_metadata"),
 }
 
 
@@ -197,6 +198,8 @@ class Settings:
     notify_on_finish: bool = True
     #: the window asks before a Retry that is a new paid submission ("don't ask again")
     confirm_paid_retry: bool = True
+    #: send references with their EXIF/XMP (GPS location, camera) instead of without
+    keep_reference_metadata: bool = False
 
     def __post_init__(self) -> None:
         for name, check in _VALIDATORS.items():

@@ -181,6 +181,13 @@ class SettingsDialog(QDialog):
             "Retry of a job the provider already has continues it at no cost; a job that "
             "never got an answer is sent again, and paid again: ask first")
         form.addRow("", self.confirm_paid_retry)
+        self.keep_reference_metadata = QCheckBox(
+            "Send references with their location and camera data (EXIF)")
+        self.keep_reference_metadata.setChecked(settings.keep_reference_metadata)
+        self.keep_reference_metadata.setToolTip(
+            "Off: the GPS location, camera and other EXIF/XMP data of a reference image are "
+            "removed (its pixels untouched) before it is copied to the library or sent")
+        form.addRow("", self.keep_reference_metadata)
 
         # -- messages and buttons
         self.message = QLabel()
@@ -397,6 +404,7 @@ class SettingsDialog(QDialog):
             default_provider=str(self.default_provider.currentData()),
             demo_when_no_key=self.demo_when_no_key.isChecked(),
             confirm_paid_retry=self.confirm_paid_retry.isChecked(),
+            keep_reference_metadata=self.keep_reference_metadata.isChecked(),
         )
 
     def save_settings(self) -> None:

@@ -576,3 +576,31 @@ async def test_a_png_proved_as_it_streams_is_not_read_again(
     assert job.state is JobState.COMPLETED, job.error
     (item,) = engine_env.library.items_for_job(job.id)
     assert sha256_file(item.path) == item.sha256 and item.size == item.path.stat().st_size
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["stripped", "kept by the setting"])
+async def test_references_go_without_their_location_unless_the_user_keeps_it(
+        engine_env: EngineEnv, tmp_path: Path, keep: bool) -> None:
+    from tests.api.test_images import SECRETS, with_metadata
+
+    photo = with_metadata("JPEG")
+    ref = tmp_path / "phone.jpg"
+    ref.write_bytes(photo)
+    spec = JobSpec(provider="apiframe", model="nano-banana", prompt="like this",
+                   refs=(str(ref),))
+    engine = engine_env.engine()
+    engine.connector.settings = engine.connector.settings.replace(keep_reference_metadata=keep)
+    try:
+        await engine.start()
+        (job,) = await engine.enqueue(spec)
+        (job,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED, job.error
+    copy = (engine_env.library.root / str(job.refs[0].path)).read_bytes()
+    with Image.open(io.BytesIO(copy)) as im:
+        gps = im.getexif().get_ifd(0x8825)
+    assert bool(gps) is keep
+    assert any(s in copy for s in SECRETS) is keep
+    # What was sent is that copy (the simulator hashes the data URI's bytes).
+    assert engine_env.sim.stats.jobs[-1].ref_sha256s == [hashlib.sha256(copy).hexdigest()]

@@ -260,12 +260,14 @@ def test_settings_are_validated_then_saved_off_thread(
     dialog.demo_when_no_key.setChecked(False)
     assert dialog.confirm_paid_retry.isChecked()  # asked by default
     dialog.confirm_paid_retry.setChecked(False)
+    assert not dialog.keep_reference_metadata.isChecked()  # stripped by default
+    dialog.keep_reference_metadata.setChecked(True)
     with qtbot.waitSignal(dialog.settingsSaved, timeout=5000) as signal:
         dialog.save_button.click()
     new = signal.args[0]
     assert new.base_urls == {"apiframe": "https://proxy.example.com"}
     assert (new.concurrency, new.default_provider, new.demo_when_no_key) == (7, "apifree", False)
-    assert new.confirm_paid_retry is False
+    assert new.confirm_paid_retry is False and new.keep_reference_metadata is True
     assert new.library_dir == str(library)
     assert new.poll_interval == 0.2  # untouched settings are kept
     assert load_settings(path) == new
