@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbdesk.core.failpoints import failpoint
-from nbdesk.core.paths import PRIVATE_DIR, PRIVATE_FILE, Paths
+from nbdesk.core.paths import PRIVATE_FILE, Paths, private_mkdir
 from nbdesk.core.refs import RefRecord
 
 if TYPE_CHECKING:  # the job classes load with the first job read or written: the
@@ -920,7 +920,7 @@ class Library:
         """Rename a verified, fsynced temp file to its final, deterministic name."""
         rel = self.image_rel_path(job, idx, ext)
         final = self.item_file(rel)
-        final.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        private_mkdir(final.parent)
         failpoint("download.written")
         os.chmod(tmp, PRIVATE_FILE)  # (written by whoever downloaded it, under any umask)
         os.replace(tmp, final)
@@ -968,7 +968,7 @@ class Library:
         rel = f"refs/{digest[:2]}/{digest}.{ext}"
         final = self.ref_file(rel)
         if not final.exists():
-            final.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            private_mkdir(final.parent)
             tmp = self.paths.tmp / f"ref-{digest}-{os.urandom(3).hex()}.part"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
             with open(fd, "wb") as fh:
@@ -1145,7 +1145,7 @@ class Library:
                 self._refused(row["id"], exc)
                 skipped.append((row["id"], exc))
                 continue
-            dest.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            private_mkdir(dest.parent)
             if src.exists():
                 os.replace(src, dest)
             with self._write() as conn:
@@ -1170,7 +1170,7 @@ class Library:
                 skipped.append((row["id"], exc))
                 continue
             if src.exists():
-                dest.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+                private_mkdir(dest.parent)
                 os.replace(src, dest)
             with self._write() as conn:
                 conn.execute("UPDATE items SET deleted_at = NULL WHERE id = ?", (row["id"],))

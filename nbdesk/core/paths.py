@@ -91,10 +91,8 @@ class Paths:
         The library root, the settings' and the log folder are left as they are if they
         exist (the user may have chosen a shared folder on purpose); what nbdesk makes in
         them is private all the same (``tighten``, ``private_umask``)."""
-        for folder in self.library_dirs:
-            folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-        self.settings_file.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-        self.log_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        for folder in (*self.library_dirs, self.settings_file.parent, self.log_dir):
+            private_mkdir(folder)
 
     def tighten(self) -> None:
         """Make nbdesk's own folders in the library (images, refs, thumbnails, trash,
@@ -112,6 +110,17 @@ class Paths:
 #: Modes of what nbdesk creates: its owner's only.
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+
+
+def private_mkdir(folder: Path) -> None:
+    """Make a folder and any missing parent, each private (0o700) whatever the umask
+    (``Path.mkdir(mode=...)`` gives the parents it makes the umask's mode)."""
+    if folder.is_dir():
+        return
+    if folder.parent != folder:
+        private_mkdir(folder.parent)
+    with contextlib.suppress(FileExistsError):  # (made meanwhile: another process)
+        folder.mkdir(mode=PRIVATE_DIR)
 
 
 def private_umask() -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nbdesk.core.library import Library
-from nbdesk.core.paths import PRIVATE_DIR, PRIVATE_FILE, Paths
+from nbdesk.core.paths import PRIVATE_FILE, Paths, private_mkdir
 from nbdesk.core.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the engine's modules load when an engine is made, the key store's
@@ -121,7 +121,7 @@ def setup_logging(paths: Paths, *, verbose: bool = False) -> None:
         return
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
-        paths.log_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        private_mkdir(paths.log_dir)
         log_file = paths.log_dir / "nbdesk.log"
         # Private whatever the umask (a rotation makes the next one under the process's
         # umask, private from the entry point on: ``private_umask``).

@@ -66,7 +66,7 @@ def test_corrupted_library_is_refused_and_left_untouched(tmp_path: Path) -> None
     paths.root.mkdir(parents=True)
     paths.db.write_bytes(b"this is not a database at all" * 100)
     before = paths.db.read_bytes()
-    with pytest.raises(DatabaseDamaged, match="is damaged .file is not a database"):
+    with pytest.raises(DatabaseDamaged, match=r"is damaged \(file is not a database"):
         Library(paths)
     assert paths.db.read_bytes() == before
 
