@@ -6,6 +6,7 @@ would hold them; the library is then used through its public calls."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -15,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from nbdesk.core.jobs import JobParams, JobSpec
+from nbdesk.core.jobs import JobParams, JobSpec, JobState
 from nbdesk.core.library import (
     OPEN_BUSY_TIMEOUT,
     DatabaseDamaged,
@@ -29,7 +31,9 @@ from nbdesk.core.library import (
     database_error,
 )
 from nbdesk.core.paths import Paths
+from nbdesk.core.refs import RefRecord
 from tests.core.test_library import add_item, paths_in
+from tests.helpers import EngineEnv, close_engine
 
 VICTIM = b"the user's file, outside the library"
 
@@ -306,3 +310,31 @@ def test_an_older_librarys_folders_and_database_are_made_private(tmp_path: Path)
     for folder in paths.library_dirs[1:]:
         assert folder.stat().st_mode & 0o777 == 0o700, folder
     assert paths.db.stat().st_mode & 0o777 == 0o600
+
+
+# ---------------------------------------------------------------------- the engine
+
+
+@pytest.mark.anyio
+async def test_a_reference_row_leading_out_is_never_read_nor_sent(
+    engine_env: EngineEnv, tmp_path: Path
+) -> None:
+    """A job whose reference record names a file outside the library (a crafted row) fails
+    before anything is sent: the file outside is not read into a request."""
+    secret = tmp_path / "secret.png"  # a real image (sent, were it read); library: home/
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(secret, "PNG")
+    data = secret.read_bytes()
+    ref = RefRecord(source="holiday.png", kind="file", path="../secret.png",
+                    sha256=hashlib.sha256(data).hexdigest(), mime="image/png")
+    spec = JobSpec(provider="apiframe", model="nano-banana", prompt="a red bicycle")
+    (job,) = engine_env.library.add_jobs(spec, [ref], 1)
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        (done,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert done.state is JobState.FAILED
+    assert "outside the library folder" in (done.error or ""), done.error
+    assert engine_env.sim.stats.requests == 0
+    assert secret.read_bytes() == data

@@ -139,3 +139,26 @@ def test_a_read_only_library_says_read_only_not_damaged(make_cli: MakeCli) -> No
     assert "the library database is read-only" in line, line
     assert "check the folder's permissions" in line
     assert "damaged" not in line and "backup" not in line
+
+
+ENTRY = """
+import atexit, os, sys
+os.umask(0o022)  # a usual login umask
+atexit.register(lambda: print("umask", oct(os.umask(0o022))))
+from nbdesk.launcher import entry
+entry(sys.argv[1:])
+"""
+
+
+def test_the_entry_point_makes_everything_after_it_private(
+    make_cli: MakeCli, tmp_path: Path
+) -> None:
+    """``nbdesk.launcher.entry`` (the script, ``python -m nbdesk``, main.py) sets the
+    process's umask first: files made by any part of nbdesk (thumbnails, the window's
+    layout, the composer's history) are private without each saying so."""
+    env = dict(make_cli(None, keys={}).env)
+    env["NBDESK_HOME"] = str(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-c", ENTRY, "jobs"], env=env, cwd=REPO,
+                          capture_output=True, timeout=60, check=False, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "umask 0o77", done.stdout
