@@ -335,7 +335,7 @@ def database_error(
         )
     why = _not_writable(db)
     if primary in (_SQLITE_READONLY, _SQLITE_PERM) or (
-        primary == _SQLITE_CANTOPEN and why is not None
+        primary in (_SQLITE_CANTOPEN, None) and why is not None
     ):
         return DatabaseReadOnly(
             f"the library database is read-only: {why or text}; check the folder's "
@@ -500,6 +500,7 @@ class Library:
         self._clock = clock
         self._lock = threading.RLock()
         self._settled = False  # a write went through: later writes wait longer for locks
+        self._first_attempt: float | None = None
         self._warned: set[int] = set()
         self._real_dirs: dict[Path, Path] = {}
         try:
@@ -641,10 +642,23 @@ class Library:
     def _error(self, exc: sqlite3.Error) -> LibraryError:
         return database_error(exc, self.paths.db, self._conn)
 
+    def _unsettled_wait(self) -> None:
+        """Until a first write goes through, the writes share one wait for another
+        process's lock (``OPEN_BUSY_TIMEOUT`` from the first attempt): a command whose
+        engine claims jobs while it queues new ones fails within seconds, not a wait per
+        write."""
+        now = time.monotonic()
+        if self._first_attempt is None:
+            self._first_attempt = now
+        left = max(0.2, self._first_attempt + OPEN_BUSY_TIMEOUT - now)
+        self._conn.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
+                if not self._settled:
+                    self._unsettled_wait()
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
