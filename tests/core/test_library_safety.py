@@ -204,10 +204,12 @@ sys.stdin.read()
 """
 
 
-def hold_lock(db: Path) -> subprocess.Popen[str]:
-    """Another process (a Python running sqlite3, as a database shell would) holding the
-    database's write lock until its stdin closes."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(db)], stdin=subprocess.PIPE,
+def hold_lock(db: Path, name: str | None = None) -> subprocess.Popen[str]:
+    """Another process (a Python running sqlite3, as a database shell would; or one whose
+    command line reads ``name``) holding the database's write lock until its stdin
+    closes."""
+    proc = subprocess.Popen([name or sys.executable, "-c", HOLD, str(db)],
+                            executable=sys.executable, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "held"
@@ -237,6 +239,20 @@ def test_a_locked_database_says_so_and_who_holds_it_within_seconds(tmp_path: Pat
     assert f"pid {holder.pid}" in message
     assert "close it, then try again" in message
     assert "backup" in message and "damaged" not in message
+
+
+def test_a_lock_held_by_another_nbdesk_is_named_so(tmp_path: Path) -> None:
+    paths = paths_in(tmp_path)
+    lib = Library(paths)
+    holder = hold_lock(paths.db, name="/opt/nbdesk/nbdesk")  # as the bundle's command line
+    try:
+        with pytest.raises(DatabaseLocked) as caught:
+            lib.add_jobs(JobSpec("apiframe", "nano-banana", "p", JobParams("1:1")), [], 1)
+    finally:
+        release(holder)
+        lib.close()
+    assert f"locked by another nbdesk (pid {holder.pid})" in str(caught.value)
+    assert "wait for it to finish, or close it" in str(caught.value)
 
 
 def test_a_damaged_database_is_the_only_one_called_damaged(tmp_path: Path) -> None:
