@@ -133,6 +133,8 @@ EXTRA_INDEXES = (
     " ON items(completed_at DESC, id DESC) WHERE deleted_at IS NULL",
 )
 
+_HEX = frozenset("0123456789abcdef")
+
 #: UPDATE ... RETURNING (SQLite 3.35+)
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
@@ -1234,6 +1236,10 @@ class Library:
         return found
 
     def _item(self, row: sqlite3.Row) -> Item:
+        digest = row["sha256"]
+        if not (isinstance(digest, str) and len(digest) == 64 and _HEX.issuperset(digest)):
+            # (the thumbnail cache names its files by it)
+            raise UnsafePath(str(digest), "not a SHA-256, and used as a file name")
         return Item(
             id=row["id"], job_id=row["job_id"], idx=row["idx"],
             path=self.item_file(row["path"]),

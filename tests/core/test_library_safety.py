@@ -170,6 +170,16 @@ def test_bad_rows_are_left_out_of_listings_and_refused_by_id(
             lib.item(item_id)
 
 
+def test_a_row_whose_digest_is_not_one_is_refused(lib: Library) -> None:
+    """The thumbnail cache names its files by an item's SHA-256: "../../x" is no digest."""
+    good = add_item(lib, "a good image", b"good")
+    bad = add_item(lib, "crafted digest", b"bad")
+    set_row(lib, bad, sha256="../../../../outside")
+    assert [i.id for i in lib.items()] == [good]
+    with pytest.raises(UnsafePath, match="not a SHA-256"):
+        lib.item(bad)
+
+
 def test_a_job_id_that_leads_out_of_tmp_is_refused(lib: Library, tmp_path: Path) -> None:
     keep = victim(tmp_path / "home" / "x-1.part")  # tmp/../x-1.part
     with pytest.raises(UnsafePath):
