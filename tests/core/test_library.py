@@ -172,7 +172,8 @@ def test_a_version_1_library_migrates_and_keeps_everything(tmp_path: Path) -> No
         " 'completed')")
     conn.execute(
         "INSERT INTO items (id, job_id, path, sha256, size, width, height, format, prompt,"
-        " provider, model, created_at, completed_at) VALUES (7, 'j1', 'images/a.png', 'x',"
+        " provider, model, created_at, completed_at) VALUES (7, 'j1', 'images/a.png', '"
+        + "a" * 64 + "',"
         " 1, 4, 4, 'png', 'an old fox', 'apiframe', 'nano-banana', 1, 2)")
     conn.execute("PRAGMA user_version=1")
     conn.commit()
