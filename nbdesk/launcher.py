@@ -30,7 +30,13 @@ def gui_files(argv: Sequence[str]) -> list[str] | None:
 
 
 def entry(argv: Sequence[str] | None = None) -> NoReturn:
-    """Run nbdesk and exit (after the desktop app: ``leave_after_app``)."""
+    """Run nbdesk and exit (after the desktop app: ``leave_after_app``).
+
+    First of all, everything this process creates is made private to its user (files
+    0o600, folders 0o700): the database, images, settings and logs."""
+    from nbdesk.core.paths import private_umask
+
+    private_umask()
     args = sys.argv[1:] if argv is None else list(argv)
     files = gui_files(args)
     if files is None:

@@ -649,7 +649,7 @@ class Engine:
         keep = self._keep_metadata  # (a copy made before stripping existed has its EXIF)
         for ref in job.refs:
             if ref.kind == "file" and ref.path:
-                path = self.library.root / ref.path
+                path = self.library.ref_file(ref.path)  # (UnsafePath: the job fails)
                 if not path.is_file():
                     raise InputError(f"the library's copy of reference {ref.source} is missing")
                 refs.append(prepare_reference(str(path), keep_metadata=keep)[0])
@@ -697,7 +697,7 @@ class Engine:
             user = [Part(text=item.prompt)]
             for rec in item.refs:
                 if rec.kind == "file" and rec.path and rec.sha256 != previous_sha:
-                    path = self.library.root / rec.path
+                    path = self.library.ref_file(rec.path)
                     if path.is_file():
                         user.append(Part(image=prepare_reference(
                             str(path), keep_metadata=self._keep_metadata)[0]))

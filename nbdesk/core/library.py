@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbdesk.core.failpoints import failpoint
-from nbdesk.core.paths import Paths
+from nbdesk.core.paths import PRIVATE_FILE, Paths, private_mkdir
 from nbdesk.core.refs import RefRecord
 
 if TYPE_CHECKING:  # the job classes load with the first job read or written: the
@@ -132,12 +133,67 @@ EXTRA_INDEXES = (
     " ON items(completed_at DESC, id DESC) WHERE deleted_at IS NULL",
 )
 
+_HEX = frozenset("0123456789abcdef")
+
 #: UPDATE ... RETURNING (SQLite 3.35+)
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 
 class LibraryError(Exception):
     """The library cannot be opened or written; ``str()`` is user-facing."""
+
+
+class UnsafePath(LibraryError):
+    """A path the library was asked to read, move or delete is not inside its folder
+    (a damaged or crafted database row): refused, never followed."""
+
+    def __init__(self, rel: str, reason: str) -> None:
+        super().__init__(
+            f"the library's record names a file outside the library folder ({rel!r}: "
+            f"{reason}); it was skipped and nothing outside the library was touched"
+        )
+        self.rel = rel
+        self.reason = reason
+
+
+class RowsSkipped(LibraryError):
+    """Some items were not acted on: their rows name paths outside the library. The
+    others were (``done``: their ids)."""
+
+    def __init__(self, action: str, skipped: Sequence[tuple[int, UnsafePath]],
+                 done: Sequence[int]) -> None:
+        first_id, first = skipped[0]
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        super().__init__(
+            f"{len(skipped)} image(s) not {action}: the library's record of image "
+            f"#{first_id}{more} names a file outside the library folder ({first.rel!r}: "
+            f"{first.reason}); nothing outside the library was touched. "
+            f"{len(done)} image(s) {action}."
+        )
+        self.skipped = list(skipped)
+        self.done = list(done)
+
+
+class DatabaseProblem(LibraryError, sqlite3.OperationalError):
+    """A SQLite error explained for the user (made by ``database_error``). Still a
+    ``sqlite3.OperationalError`` for code that catches those (a failed write is a storage
+    failure there)."""
+
+
+class DatabaseLocked(DatabaseProblem):
+    """Another process holds the database's write lock."""
+
+
+class DatabaseReadOnly(DatabaseProblem):
+    """The database file or its folder cannot be written."""
+
+
+class DatabaseDamaged(DatabaseProblem):
+    """The file is not a database, or a damaged one."""
+
+
+class DatabaseFull(DatabaseProblem):
+    """No space left for the database."""
 
 
 class LeaseLost(Exception):
@@ -241,6 +297,178 @@ def _not_zombie(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+#: How long opening the library, and its first write, wait for another process's write
+#: lock before saying who holds it (a person is waiting); later writes wait longer (an
+#: engine's transactions beside another nbdesk's are short; a backup tool's may not be).
+OPEN_BUSY_TIMEOUT = 3.0
+BUSY_TIMEOUT = 15.0
+
+# SQLite's primary result codes (an extended code's low byte)
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
+_SQLITE_NOTADB = 26
+
+
+def database_error(
+    exc: sqlite3.Error, db: Path, conn: sqlite3.Connection | None = None
+) -> LibraryError:
+    """The one translation of a SQLite error into what the user is told: a typed
+    ``LibraryError`` (locked, and by what; read-only, and why; damaged; full) whose text
+    says what is wrong and what to do. ``conn`` (optional) is asked for the leases of
+    live nbdesk processes when the operating system cannot say who holds the lock."""
+    if isinstance(exc, LibraryError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc)
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in text:
+        return DatabaseLocked(f"the library database {db} is {lock_holder(db, conn)}")
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (
+        "malformed" in text or "not a database" in text
+    ):
+        return DatabaseDamaged(
+            f"the library database {db} is damaged ({text}); it was left untouched. "
+            "Move it aside to start a new library, or restore it from a backup."
+        )
+    if primary == _SQLITE_FULL:
+        return DatabaseFull(
+            f"the disk holding the library database {db} is full; free some space, "
+            "then try again"
+        )
+    why = _not_writable(db)
+    if primary in (_SQLITE_READONLY, _SQLITE_PERM) or (
+        primary in (_SQLITE_CANTOPEN, None) and why is not None
+    ):
+        return DatabaseReadOnly(
+            f"the library database is read-only: {why or text}; check the folder's "
+            f"permissions ({db.parent})"
+        )
+    if primary == _SQLITE_IOERR:
+        return DatabaseProblem(
+            f"cannot read or write the library database {db} ({text}); check the disk, "
+            "then try again"
+        )
+    return DatabaseProblem(f"the library database {db} failed: {text}")
+
+
+def _not_writable(db: Path) -> str | None:
+    """Why the database cannot be written (None: no reason found)."""
+    folder = db.parent
+    with contextlib.suppress(OSError, AttributeError):
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"the disk holding {folder} is mounted read-only"
+    if db.exists() and not os.access(db, os.W_OK):
+        return f"{db} cannot be written"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} cannot be written"
+    for suffix in ("-wal", "-shm"):
+        side = db.with_name(db.name + suffix)
+        if side.exists() and not os.access(side, os.W_OK):
+            return f"{side} cannot be written"
+    return None
+
+
+def lock_holder(db: Path, conn: sqlite3.Connection | None = None) -> str:
+    """What holds the database's write lock, as the rest of a sentence ("locked by
+    ...; what to do"). Linux tells which process holds the lock (/proc/locks); else a
+    live lease of another nbdesk process on this host points at it."""
+    others = [pid for pid in _write_lock_pids(db) if pid != os.getpid()]
+    for pid in others:
+        argv = _cmdline(pid)
+        if _is_nbdesk(argv):
+            return (f"locked by another nbdesk (pid {pid}) writing to it; wait for it to "
+                    "finish, or close it, then try again")
+    if others:
+        argv = _cmdline(others[0])
+        name = Path(argv[0]).name if argv and argv[0] else "unknown"
+        return (f"locked by another program ({name}, pid {others[0]}): a backup tool or a "
+                "database shell, say; close it, then try again")
+    for pid in _live_lease_pids(conn):
+        return (f"locked, perhaps by another nbdesk (pid {pid}, which has jobs under way "
+                "in this library); wait for it to finish, or close it, then try again")
+    return ("locked by another program (another nbdesk, a backup tool or a database "
+            "shell); close it, then try again")
+
+
+def _write_lock_pids(db: Path) -> list[int]:
+    """Processes holding a write lock on the database or its WAL index (Linux)."""
+    wanted: set[tuple[int, int, int]] = set()
+    for path in (db, db.with_name(db.name + "-shm")):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            wanted.add((os.major(st.st_dev), os.minor(st.st_dev), st.st_ino))
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    pids: list[int] = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->" or fields[3] != "WRITE":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            key = (int(major, 16), int(minor, 16), int(inode))
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        if key in wanted and pid > 0 and pid not in pids:
+            pids.append(pid)
+    return pids
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+
+
+def _is_nbdesk(argv: Sequence[str]) -> bool:
+    """An nbdesk process: the ``nbdesk`` script (or a bundle named so), ``python -m
+    nbdesk``, or a Python running a script of that name."""
+    if not argv:
+        return False
+    if Path(argv[0]).name.lower().startswith("nbdesk"):
+        return True
+    if any(flag == "-m" and arg.split(".")[0] == "nbdesk"
+           for flag, arg in itertools.pairwise(argv)):
+        return True
+    return len(argv) > 1 and Path(argv[1]).name.lower().startswith("nbdesk")
+
+
+def _live_lease_pids(conn: sqlite3.Connection | None) -> list[int]:
+    """Pids of other live nbdesk processes on this host holding job leases."""
+    if conn is None:
+        return []
+    import socket
+
+    try:
+        rows = conn.execute(
+            "SELECT DISTINCT lease_owner FROM jobs WHERE lease_owner IS NOT NULL"
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    pids: list[int] = []
+    for (owner,) in rows:
+        host, _, rest = str(owner).partition(":")
+        pid = rest.partition(":")[0]
+        if (host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid()
+                and owner_alive(str(owner))):
+            pids.append(int(pid))
+    return pids
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty file only its owner may read (an empty file is an empty SQLite
+    database), unless it exists."""
+    if path.exists():
+        return
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+
+
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -273,25 +501,88 @@ class Library:
         self.root = paths.root
         self._clock = clock
         self._lock = threading.RLock()
+        self._settled = False  # a write went through: later writes wait longer for locks
+        self._first_attempt: float | None = None
+        self._warned: set[int] = set()
+        self._real_dirs: dict[str, str] = {}
         try:
             paths.ensure()
-            for d in (paths.images, paths.refs, paths.tmp, paths.trash):
-                d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LibraryError(
                 f"cannot create the library folder {paths.root}: {exc.strerror}"
             ) from None
         self._conn = self._connect(paths.db)
+        paths.tighten()
+
+    # ------------------------------------------------------------------ paths
+
+    def inside(self, rel: str | Path, *, within: Path | None = None) -> Path:
+        """The one check of a path the library reads, moves or deletes: ``rel`` (relative
+        to the library folder, as the database keeps it) must name something inside
+        ``within`` (the library folder by default) once symlinks are resolved. Absolute
+        paths, ``..`` and symlinks pointing out are refused (UnsafePath); the path is
+        returned as ``root / rel``."""
+        text = rel.as_posix() if isinstance(rel, Path) else str(rel)
+        parts = text.replace("\\", "/").split("/")
+        if not text or "\0" in text:
+            raise UnsafePath(text, "not a file name")
+        if text.startswith(("/", "\\")) or os.path.isabs(text) or (
+            len(text) > 1 and text[1] == ":"
+        ):
+            raise UnsafePath(text, "an absolute path")
+        if ".." in parts:
+            raise UnsafePath(text, "'..' leads out of its folder")
+        path = os.path.join(self.root, text)
+        base = self._real_dir(os.fspath(within or self.root))
+        try:
+            real = self._real_dir(os.path.dirname(path))
+            if os.path.islink(path):
+                real = os.path.realpath(path, strict=True)
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a dangling one
+            raise UnsafePath(text, f"cannot be resolved ({exc})") from None
+        if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+            raise UnsafePath(text, f"a symlink leads to {real}")
+        return Path(path)
+
+    def _real_dir(self, folder: str) -> str:
+        """A folder with symlinks resolved; remembered once it exists (an item's path is
+        checked at every read: a few µs then, not ~35 µs)."""
+        real = self._real_dirs.get(folder)
+        if real is None:
+            real = os.path.realpath(folder)
+            if os.path.isdir(folder):
+                self._real_dirs[folder] = real
+        return real
+
+    def item_file(self, rel: str | Path) -> Path:
+        """An image's file (under images/)."""
+        return self.inside(rel, within=self.paths.images)
+
+    def trashed_file(self, rel: str | Path) -> Path:
+        """Where an image's file is while the image is in the trash."""
+        self.item_file(rel)  # its own path is an image's, and
+        return self.inside(Path("trash") / rel, within=self.paths.trash)
+
+    def ref_file(self, rel: str | Path) -> Path:
+        """A reference image's copy (under refs/)."""
+        return self.inside(rel, within=self.paths.refs)
+
+    def _refused(self, item_id: int, exc: UnsafePath) -> None:
+        if item_id not in self._warned:
+            self._warned.add(item_id)
+            log.warning("library item %s skipped: %s", item_id, exc)
 
     # ------------------------------------------------------------------ opening
 
     def _connect(self, db: Path) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
         try:
+            _create_private(db)
             conn = sqlite3.connect(
-                db, timeout=15.0, isolation_level=None, check_same_thread=False
+                db, timeout=OPEN_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=15000")
+            conn.execute(f"PRAGMA busy_timeout={int(OPEN_BUSY_TIMEOUT * 1000)}")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 conn.close()
@@ -307,10 +598,14 @@ class Library:
             conn.execute("PRAGMA foreign_keys=ON")
             self._migrate(conn, version)
             self._add_extra_indexes(conn)
-        except sqlite3.DatabaseError as exc:
-            raise LibraryError(
-                f"the library database {db} cannot be read ({exc}); it was left untouched. "
-                "Move it aside to start a new library, or restore it from a backup."
+        except sqlite3.Error as exc:
+            error = database_error(exc, db, conn)
+            if conn is not None:
+                conn.close()
+            raise error from None
+        except OSError as exc:
+            raise database_error(
+                sqlite3.OperationalError(f"{exc.strerror}: {db}"), db
             ) from None
         return conn
 
@@ -346,26 +641,55 @@ class Library:
         with self._lock:
             self._conn.close()
 
+    def _error(self, exc: sqlite3.Error) -> LibraryError:
+        return database_error(exc, self.paths.db, self._conn)
+
+    def _unsettled_wait(self) -> None:
+        """Until a first write goes through, the writes share one wait for another
+        process's lock (``OPEN_BUSY_TIMEOUT`` from the first attempt): a command whose
+        engine claims jobs while it queues new ones fails within seconds, not a wait per
+        write."""
+        now = time.monotonic()
+        if self._first_attempt is None:
+            self._first_attempt = now
+        left = max(0.2, self._first_attempt + OPEN_BUSY_TIMEOUT - now)
+        self._conn.execute(f"PRAGMA busy_timeout={int(left * 1000)}")
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not self._settled:
+                    self._unsettled_wait()
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from exc
                 raise
-            self._conn.execute("COMMIT")
+            if not self._settled:
+                self._settled = True
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
 
     def data_version(self) -> int:
         """Changes when another connection (another process) commits."""
-        with self._lock:
-            value: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
-            return value
+        rows = self._query("PRAGMA data_version")
+        value: int = rows[0][0]
+        return value
 
     # ------------------------------------------------------------------ jobs
 
@@ -532,9 +856,10 @@ class Library:
     # ------------------------------------------------------------------ files
 
     def tmp_path(self, job_id: str, idx: int) -> Path:
-        return self.paths.tmp / f"{job_id}-{idx}.part"
+        return self.inside(f"tmp/{job_id}-{idx}.part", within=self.paths.tmp)
 
     def clear_tmp(self, job_id: str) -> None:
+        self.tmp_path(job_id, 0)  # (a job id that leads out of tmp/ is refused)
         for stale in self.paths.tmp.glob(f"{job_id}-*.part"):
             stale.unlink(missing_ok=True)
 
@@ -583,22 +908,33 @@ class Library:
     def placed_file(self, job: Job, idx: int, sha256: str) -> Path | None:
         """The image file of this job and index already renamed into place (a process died
         before writing its row), if its content is the expected one."""
-        folder = (self.root / self.image_rel_path(job, idx, "x")).parent
-        stem = Path(self.image_rel_path(job, idx, "x")).stem
-        for path in folder.glob(f"{stem}.*"):
-            if path.is_file() and sha256_file(path) == sha256:
+        named = self.item_file(self.image_rel_path(job, idx, "x"))
+        for path in named.parent.glob(f"{named.stem}.*"):
+            if (path.is_file() and self._own_file(path)
+                    and sha256_file(path) == sha256):
                 return path
         return None
+
+    def _own_file(self, path: Path) -> bool:
+        """A file found under images/ by name is the library's (not a symlink out)."""
+        try:
+            self.item_file(path.relative_to(self.root))
+        except (UnsafePath, ValueError) as exc:
+            log.warning("library file %s skipped: %s", path, exc)
+            return False
+        return True
 
     def remove_unrecorded_images(self, job: Job) -> int:
         """Delete image files at this job's names that no row records (a process died
         between placing them and writing their rows, and the job is being cancelled)."""
         recorded = {str(r["path"]) for r in self._query(
             "SELECT path FROM items WHERE job_id = ?", (job.id,))}
-        folder = (self.root / self.image_rel_path(job, 0, "x")).parent
+        folder = self.item_file(self.image_rel_path(job, 0, "x")).parent
         removed = 0
         for path in folder.glob(f"*-{job.id[:8]}-*.*"):
-            if path.relative_to(self.root).as_posix() not in recorded:
+            if path.relative_to(self.root).as_posix() not in recorded and (
+                path.is_symlink() or self._own_file(path)  # (a symlink: itself removed)
+            ):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -616,9 +952,10 @@ class Library:
     ) -> StoredImage:
         """Rename a verified, fsynced temp file to its final, deterministic name."""
         rel = self.image_rel_path(job, idx, ext)
-        final = self.root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final = self.item_file(rel)
+        private_mkdir(final.parent)
         failpoint("download.written")
+        os.chmod(tmp, PRIVATE_FILE)  # (written by whoever downloaded it, under any umask)
         os.replace(tmp, final)
         fsync_dir(final.parent)
         failpoint("file.renamed")
@@ -662,11 +999,12 @@ class Library:
         """Copy a reference image into refs/ by content; returns (rel path, sha256)."""
         digest = sha256_hex(data)
         rel = f"refs/{digest[:2]}/{digest}.{ext}"
-        final = self.root / rel
+        final = self.ref_file(rel)
         if not final.exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
+            private_mkdir(final.parent)
             tmp = self.paths.tmp / f"ref-{digest}-{os.urandom(3).hex()}.part"
-            with open(tmp, "wb") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+            with open(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -678,9 +1016,11 @@ class Library:
 
     def items_for_job(self, job_id: str) -> list[Item]:
         rows = self._query("SELECT * FROM items WHERE job_id = ? ORDER BY idx", (job_id,))
-        return [self._item(r) for r in rows]
+        return self._items(rows)
 
     def item(self, item_id: int) -> Item:
+        """Raises KeyError (no such item) or UnsafePath (its row names a file outside
+        the library)."""
         rows = self._query("SELECT * FROM items WHERE id = ?", (item_id,))
         if not rows:
             raise KeyError(item_id)
@@ -694,7 +1034,8 @@ class Library:
             return None
         rows = self._query("SELECT * FROM items WHERE path = ? AND deleted_at IS NULL",
                            (rel.as_posix(),))
-        return self._item(rows[0]) if rows else None
+        found = self._items(rows)
+        return found[0] if found else None
 
     def chain(self, item_id: int, limit: int) -> list[Item]:
         """An item and up to ``limit - 1`` of its ancestors (parent links), oldest first."""
@@ -706,6 +1047,9 @@ class Library:
             try:
                 item = self.item(current)
             except KeyError:
+                break
+            except UnsafePath as exc:
+                self._refused(current, exc)
                 break
             found.append(item)
             current = item.parent_item
@@ -738,13 +1082,12 @@ class Library:
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             args += [limit, offset]
-        return [self._item(r) for r in self._query(sql, args)]
+        return self._items(self._query(sql, args))
 
     def item_ids(self, **filters: Any) -> list[int]:
         """Only the ids (cheap even for 100,000 items): for models that load lazily."""
         sql, args = self._ids_query(**filters)
-        with self._lock:
-            joined = self._conn.execute(sql, args).fetchone()[0]
+        joined = self._query(sql, args)[0][0]
         return list(map(int, joined.split(","))) if joined else []
 
     @classmethod
@@ -778,7 +1121,7 @@ class Library:
             rows = self._query(
                 f"SELECT * FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk
             )
-            out.update((r["id"], self._item(r)) for r in rows)
+            out.update((i.id, i) for i in self._items(rows))
         return out
 
     @staticmethod
@@ -820,48 +1163,103 @@ class Library:
             conn.execute("UPDATE items SET favourite = ? WHERE id = ?", (int(favourite), item_id))
 
     def trash(self, item_ids: Sequence[int]) -> list[int]:
-        """Move items' files to the trash folder; returns the ids moved (for undo)."""
+        """Move items' files to the trash folder; returns the ids moved (for undo).
+        Raises RowsSkipped (after moving the others) if some rows name a file outside
+        the library: those are left alone."""
         moved: list[int] = []
+        skipped: list[tuple[int, UnsafePath]] = []
         now = self._clock()
-        for item in self.items_by_id(item_ids).values():
-            if item.deleted_at is not None:
+        for row in self._rows_by_id(item_ids):
+            if row["deleted_at"] is not None:
                 continue
-            dest = self.paths.trash / item.path.relative_to(self.root)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if item.path.exists():
-                os.replace(item.path, dest)
+            try:
+                src, dest = self.item_file(row["path"]), self.trashed_file(row["path"])
+            except UnsafePath as exc:
+                self._refused(row["id"], exc)
+                skipped.append((row["id"], exc))
+                continue
+            private_mkdir(dest.parent)
+            if src.exists():
+                os.replace(src, dest)
             with self._write() as conn:
-                conn.execute("UPDATE items SET deleted_at = ? WHERE id = ?", (now, item.id))
-            moved.append(item.id)
+                conn.execute("UPDATE items SET deleted_at = ? WHERE id = ?", (now, row["id"]))
+            moved.append(row["id"])
+        if skipped:
+            raise RowsSkipped("moved to the trash", skipped, moved)
         return moved
 
     def restore(self, item_ids: Sequence[int]) -> list[int]:
-        """Undo ``trash``: move the files back and show the items again."""
+        """Undo ``trash``: move the files back and show the items again (RowsSkipped as
+        ``trash``)."""
         restored: list[int] = []
-        for item in self.items_by_id(item_ids).values():
-            if item.deleted_at is None:
+        skipped: list[tuple[int, UnsafePath]] = []
+        for row in self._rows_by_id(item_ids):
+            if row["deleted_at"] is None:
                 continue
-            src = self.paths.trash / item.path.relative_to(self.root)
+            try:
+                dest, src = self.item_file(row["path"]), self.trashed_file(row["path"])
+            except UnsafePath as exc:
+                self._refused(row["id"], exc)
+                skipped.append((row["id"], exc))
+                continue
             if src.exists():
-                item.path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, item.path)
+                private_mkdir(dest.parent)
+                os.replace(src, dest)
             with self._write() as conn:
-                conn.execute("UPDATE items SET deleted_at = NULL WHERE id = ?", (item.id,))
-            restored.append(item.id)
+                conn.execute("UPDATE items SET deleted_at = NULL WHERE id = ?", (row["id"],))
+            restored.append(row["id"])
+        if skipped:
+            raise RowsSkipped("restored", skipped, restored)
         return restored
 
     def empty_trash(self) -> int:
-        """Delete trashed items for good; returns how many."""
-        trashed = self.items(trash=True)
-        for item in trashed:
-            (self.paths.trash / item.path.relative_to(self.root)).unlink(missing_ok=True)
+        """Delete trashed items for good; returns how many. A row that names a file
+        outside the library is kept (and its file left alone): RowsSkipped, after the
+        others are deleted."""
+        deleted: list[int] = []
+        skipped: list[tuple[int, UnsafePath]] = []
+        for row in self._query("SELECT id, path FROM items WHERE deleted_at IS NOT NULL"):
+            try:
+                self.trashed_file(row["path"]).unlink(missing_ok=True)
+            except UnsafePath as exc:
+                self._refused(row["id"], exc)
+                skipped.append((row["id"], exc))
+                continue
+            deleted.append(row["id"])
         with self._write() as conn:
-            conn.executemany("DELETE FROM items WHERE id = ?", [(i.id,) for i in trashed])
-        return len(trashed)
+            conn.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in deleted])
+        if skipped:
+            raise RowsSkipped("deleted", skipped, deleted)
+        return len(deleted)
+
+    def _rows_by_id(self, ids: Sequence[int]) -> list[sqlite3.Row]:
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            rows += self._query(
+                f"SELECT * FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            )
+        return rows
+
+    def _items(self, rows: Iterable[sqlite3.Row]) -> list[Item]:
+        """The items of these rows, leaving out (with a warning) any whose path is not
+        inside the library."""
+        found: list[Item] = []
+        for row in rows:
+            try:
+                found.append(self._item(row))
+            except UnsafePath as exc:
+                self._refused(row["id"], exc)
+        return found
 
     def _item(self, row: sqlite3.Row) -> Item:
+        digest = row["sha256"]
+        if not (isinstance(digest, str) and len(digest) == 64 and _HEX.issuperset(digest)):
+            # (the thumbnail cache names its files by it)
+            raise UnsafePath(str(digest), "not a SHA-256, and used as a file name")
         return Item(
-            id=row["id"], job_id=row["job_id"], idx=row["idx"], path=self.root / row["path"],
+            id=row["id"], job_id=row["job_id"], idx=row["idx"],
+            path=self.item_file(row["path"]),
             sha256=row["sha256"], size=row["size"], width=row["width"], height=row["height"],
             format=row["format"], prompt=row["prompt"], provider=row["provider"],
             demo=bool(row["demo"]), model=row["model"], params=json.loads(row["params"]),
@@ -877,21 +1275,26 @@ class Library:
     def verify(self) -> list[str]:
         """Problems found: integrity, missing files, hash mismatches, stray files."""
         problems: list[str] = []
-        with self._lock:
-            result = self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+        result = self._query("PRAGMA integrity_check")[0][0]
         if result != "ok":
             problems.append(f"integrity_check: {result}")
         known: set[str] = set()
         for row in self._query("SELECT id, path, sha256, deleted_at FROM items"):
-            base = self.paths.trash if row["deleted_at"] is not None else self.root
-            path = base / row["path"]
+            try:
+                path = (self.item_file(row["path"]) if row["deleted_at"] is None
+                        else self.trashed_file(row["path"]))
+            except UnsafePath as exc:
+                problems.append(f"item {row['id']}: skipped: {exc}")
+                continue
             known.add(row["path"])
             if not path.exists():
                 problems.append(f"item {row['id']}: file missing: {path}")
             elif sha256_file(path) != row["sha256"]:
                 problems.append(f"item {row['id']}: SHA-256 mismatch: {path}")
         for path in self.paths.images.rglob("*"):
-            if path.is_file() and path.relative_to(self.root).as_posix() not in known:
+            if path.is_symlink() and not self._own_file(path):
+                problems.append(f"symlink out of the library: {path}")
+            elif path.is_file() and path.relative_to(self.root).as_posix() not in known:
                 problems.append(f"stray file not in the library: {path}")
         return problems
 

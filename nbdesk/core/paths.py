@@ -14,6 +14,7 @@ One frozen value, resolved once at start-up and passed to whoever needs a path:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping
@@ -84,16 +85,49 @@ class Paths:
         return (self.root, self.images, self.refs, self.thumbnails, self.trash, self.tmp)
 
     def ensure(self) -> None:
-        """Create every folder that is missing.
+        """Create every folder that is missing, private (0o700): they hold the user's
+        prompts and images.
 
-        The library root is created private (0o700): it holds the user's prompts and
-        images. An existing folder's mode is left alone (the user may have chosen a shared
-        folder on purpose).
-        """
-        for folder in self.library_dirs:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.settings_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        The library root, the settings' and the log folder are left as they are if they
+        exist (the user may have chosen a shared folder on purpose); what nbdesk makes in
+        them is private all the same (``tighten``, ``private_umask``)."""
+        for folder in (*self.library_dirs, self.settings_file.parent, self.log_dir):
+            private_mkdir(folder)
+
+    def tighten(self) -> None:
+        """Make nbdesk's own folders in the library (images, refs, thumbnails, trash,
+        tmp) and its database files private again if they are not (an older nbdesk made
+        them under the user's umask): what is in those folders is then private too. The
+        library folder itself is the user's choice and is left alone."""
+        for path, mode in (*((d, PRIVATE_DIR) for d in self.library_dirs[1:]),
+                           *((self.db.with_name(self.db.name + s), PRIVATE_FILE)
+                             for s in ("", "-wal", "-shm"))):
+            with contextlib.suppress(OSError):  # (not ours to change: left as it is)
+                if path.stat().st_mode & 0o077:
+                    path.chmod(mode)
+
+
+#: Modes of what nbdesk creates: its owner's only.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_mkdir(folder: Path) -> None:
+    """Make a folder and any missing parent, each private (0o700) whatever the umask
+    (``Path.mkdir(mode=...)`` gives the parents it makes the umask's mode)."""
+    if folder.is_dir():
+        return
+    if folder.parent != folder:
+        private_mkdir(folder.parent)
+    with contextlib.suppress(FileExistsError):  # (made meanwhile: another process)
+        folder.mkdir(mode=PRIVATE_DIR)
+
+
+def private_umask() -> int:
+    """Make everything this process creates from now on private to its owner (files
+    0o600, folders 0o700): the process's entry points call it first. Returns the
+    previous umask."""
+    return os.umask(0o077)
 
 
 def _user_dirs() -> tuple[Path, Path, Path]:

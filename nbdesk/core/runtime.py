@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nbdesk.core.library import Library
-from nbdesk.core.paths import Paths
+from nbdesk.core.paths import PRIVATE_FILE, Paths, private_mkdir
 from nbdesk.core.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the engine's modules load when an engine is made, the key store's
@@ -121,12 +121,18 @@ def setup_logging(paths: Paths, *, verbose: bool = False) -> None:
         return
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
-        paths.log_dir.mkdir(parents=True, exist_ok=True)
+        private_mkdir(paths.log_dir)
+        log_file = paths.log_dir / "nbdesk.log"
+        # Private whatever the umask (a rotation makes the next one under the process's
+        # umask, private from the entry point on: ``private_umask``).
+        os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE))
+        if log_file.stat().st_mode & 0o077:
+            log_file.chmod(PRIVATE_FILE)
         # (~20 ms with pickle and socket: imported after the window's first screen)
         from logging.handlers import RotatingFileHandler
 
         handler: logging.Handler = RotatingFileHandler(
-            paths.log_dir / "nbdesk.log", maxBytes=2_000_000, backupCount=3, encoding="utf-8"
+            log_file, maxBytes=2_000_000, backupCount=3, encoding="utf-8"
         )
     except OSError:
         handler = logging.NullHandler()

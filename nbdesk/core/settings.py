@@ -29,6 +29,7 @@ from typing import Any
 
 from nbdesk.api import capabilities
 from nbdesk.api.urls import check_base_url
+from nbdesk.core.paths import private_mkdir
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +346,9 @@ def save_settings(path: Path, settings: Settings, *, force: bool = False) -> boo
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file
+    (private to its owner, in a private folder if it makes one)."""
+    private_mkdir(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

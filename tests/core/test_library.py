@@ -11,6 +11,7 @@ import pytest
 from nbdesk.core.jobs import JobParams, JobSpec, JobState
 from nbdesk.core.library import (
     SCHEMA_VERSION,
+    DatabaseDamaged,
     Library,
     LibraryError,
     fts_query,
@@ -65,7 +66,7 @@ def test_corrupted_library_is_refused_and_left_untouched(tmp_path: Path) -> None
     paths.root.mkdir(parents=True)
     paths.db.write_bytes(b"this is not a database at all" * 100)
     before = paths.db.read_bytes()
-    with pytest.raises(LibraryError, match="cannot be read"):
+    with pytest.raises(DatabaseDamaged, match=r"is damaged \(file is not a database"):
         Library(paths)
     assert paths.db.read_bytes() == before
 
@@ -171,7 +172,8 @@ def test_a_version_1_library_migrates_and_keeps_everything(tmp_path: Path) -> No
         " 'completed')")
     conn.execute(
         "INSERT INTO items (id, job_id, path, sha256, size, width, height, format, prompt,"
-        " provider, model, created_at, completed_at) VALUES (7, 'j1', 'images/a.png', 'x',"
+        " provider, model, created_at, completed_at) VALUES (7, 'j1', 'images/a.png', '"
+        + "a" * 64 + "',"
         " 1, 4, 4, 'png', 'an old fox', 'apiframe', 'nano-banana', 1, 2)")
     conn.execute("PRAGMA user_version=1")
     conn.commit()

@@ -776,7 +776,7 @@ CASES: list[Case] = [
          "download: the image is over the 1.9 MiB limit", _streamed_oversize),
     # the library
     Case("a corrupted library database", "library", LIBRARY,
-         "cannot be read (file is not a database); it was left untouched", _corrupted_db),
+         "is damaged (file is not a database); it was left untouched", _corrupted_db),
     Case("a library database from a newer nbdesk", "library", LIBRARY,
          f"written by a newer nbdesk (schema 99, this version knows {SCHEMA_VERSION}); "
          "it was left untouched",
