@@ -7,6 +7,7 @@ so a new user can try everything offline with no key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -141,6 +142,14 @@ class Connector:
                 f"Settings, or set {caps.env_key}; or try it offline with --provider demo"
             )
         return found.key
+
+    async def learn_keys(self) -> None:
+        """Read every provider's key once (off the loop's thread, as every keychain call),
+        so that a key a provider repeats back is masked whichever provider it belongs to;
+        a keychain that cannot answer is no error here."""
+        for caps in PROVIDERS.values():
+            with contextlib.suppress(KeychainError):
+                await self.secrets.alookup(caps.id)
 
     def forget(self, provider_id: str) -> None:
         """Drop cached clients (after a key or base URL changed)."""

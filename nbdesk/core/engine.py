@@ -244,6 +244,8 @@ class Engine:
         await self.db(self.library.sweep_tmp)
         resumed = await self.resume_all() if resume else []
         self._bg.append(asyncio.create_task(self._heartbeat_loop(), name="nbdesk-heartbeat"))
+        # Every provider's keychain key known for masking, not only the ones used here.
+        self._bg.append(asyncio.create_task(self.connector.learn_keys(), name="nbdesk-keys"))
         if self.config.take_over:
             self._bg.append(asyncio.create_task(self._scan_loop(), name="nbdesk-scan"))
         return resumed

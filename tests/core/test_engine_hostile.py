@@ -136,6 +136,34 @@ async def test_a_key_repeated_back_is_never_stored(
     assert key not in repr(row) and other not in repr(row)
 
 
+async def test_a_keychain_key_of_a_provider_not_in_use_is_masked_too(
+        engine_env: EngineEnv, hostile: Hostile, secret_service: object) -> None:
+    """A key that lives only in the (real, private) keychain, of a provider this job does
+    not use, is known for masking once the engine has started."""
+    from nbdesk.core.secrets import SecretStore
+
+    point_at(engine_env, hostile.base_url)
+    stored = "gemini-keychain-only-key-5c1e0a9b77"
+    del engine_env.env["NBDESK_GEMINI_API_KEY"]
+    await asyncio.to_thread(SecretStore(environ=engine_env.env).set, "gemini", stored)
+    RedactingFilter.clear()
+    hostile.route("POST", "/v2/images/generate", json_answer(
+        {"message": f"Invalid API key provided: {stored}"}, status=401))
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        # The start reads every provider's key in the background: wait for that read.
+        keys = next(t for t in engine._bg if t.get_name() == "nbdesk-keys")
+        await keys
+        (job,) = await engine.enqueue(FRAME)
+        (done,) = await engine.wait([job.id])
+    finally:
+        await close_engine(engine)
+    assert done.state is JobState.FAILED and done.error_kind == "auth"
+    assert "Invalid API key provided: ***" in (done.error or ""), done.error
+    assert stored not in repr(engine_env.library.job(job.id))
+
+
 def closed_port() -> str:
     """A loopback address where nothing listens (connection refused)."""
     with socket.socket() as s:
