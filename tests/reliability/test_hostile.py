@@ -10,9 +10,10 @@ printed, paid calls a retry makes, and offline jobs that came back interrupted.
 from __future__ import annotations
 
 import io
-import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image
 from nbdesk.api.capabilities import APIFRAME
 from nbdesk.core.jobs import OFFLINE_NOTE, JobState
 from nbdesk.sim import SimConfig, Simulator
-from tests.e2e.harness import APIFRAME_KEY, APIFREE_KEY, FAST_SETTINGS, Cli, Result
+from tests.e2e.harness import APIFRAME_KEY, APIFREE_KEY, FAST_SETTINGS, REPO, Cli, Result
 from tests.hostile import Hostile, bomb, drip, json_answer, script
 from tests.reliability.conftest import ReliabilityReport
 
@@ -66,25 +67,36 @@ def completed(hostile: Hostile, n: int = 1) -> Callable[..., None]:
                         "result": {"images": urls}, "creditCost": 0.04})
 
 
+#: ``python -c`` that runs ``nbdesk ARGS`` (argv[2:]) and at exit writes its own peak RSS
+#: (VmHWM, in kB) to argv[1]: ``ru_maxrss`` would also count the RSS of the test process
+#: that started it (Linux keeps it across fork and exec).
+_MEASURED = """
+import atexit, runpy, sys
+out = sys.argv[1]
+
+def peak():
+    with open("/proc/self/status") as fh:
+        hwm = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+    with open(out, "w") as fh:
+        fh.write(hwm)
+
+atexit.register(peak)
+sys.argv = ["nbdesk", *sys.argv[2:]]
+runpy.run_module("nbdesk", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_measured(cli: Cli, *args: str, timeout: float = 120.0) -> tuple[Result, float, float]:
-    """``nbdesk ARGS`` to the end: its result, peak RSS in MB and wall time in s."""
+    """``nbdesk ARGS`` to the end: its result, its peak RSS in MB and wall time in s."""
+    peak_file = cli.out / "peak.kb"
     started = time.monotonic()
-    proc = cli.start(*args)
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            cli.kill(proc)
-            raise AssertionError(f"nbdesk {' '.join(args)} ran past {timeout:g} s")
-        time.sleep(0.05)  # another process's exit: no event to await here
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURED, str(peak_file), *args], env=cli.env, cwd=REPO,
+        capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     elapsed = time.monotonic() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    n = proc.nbdesk_run  # type: ignore[attr-defined]
-    result = Result(proc.returncode, (cli.out / f"{n}.stdout").read_text("utf-8", "replace"),
-                    (cli.out / f"{n}.stderr").read_text("utf-8", "replace"))
-    return result, usage.ru_maxrss / 1024, elapsed
+    result = Result(done.returncode, done.stdout.decode("utf-8", "replace"),
+                    done.stderr.decode("utf-8", "replace"))
+    return result, int(peak_file.read_text()) / 1024, elapsed
 
 
 def one_job(cli: Cli) -> object:
