@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,17 @@ def root() -> Path:
     return Path(tempfile.gettempdir()) / f"nbdesk-answers-{owner}"
 
 
+def _private_root() -> None:
+    """Make the folder, or accept it only if it is ours alone: the temp folder is shared,
+    and another user could have made (or linked) one by that name first."""
+    top = root()
+    top.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(top)
+    if not stat.S_ISDIR(st.st_mode) or (
+            hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o077)):
+        raise PermissionError(f"{top} is not a folder of this user's alone; not used")
+
+
 def place(job_id: str, idx: int) -> Path:
     return root() / f"{job_id}-{idx}"
 
@@ -35,7 +47,7 @@ def spill(job_id: str, idx: int, data: bytes) -> Path:
     nothing of it is left behind)."""
     folder = place(job_id, idx)
     try:
-        root().mkdir(mode=0o700, exist_ok=True)
+        _private_root()
         folder.mkdir(mode=0o700, exist_ok=True)
         for n, start in enumerate(range(0, len(data), PIECE)):
             with open(folder / f"{n:05d}", "wb") as fh:
