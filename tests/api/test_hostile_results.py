@@ -94,7 +94,8 @@ async def test_results_that_no_model_makes_are_refused_unstored(
     hostile.route("GET", "/img/", image_answer(make()))
     tmp = tmp_path / "result.part"
     with pytest.raises(ImageCheckError, match=message):
-        await fetch_image(http, hostile.url("/img/r"), tmp, 100_000_000)
+        await fetch_image(http, hostile.url("/img/r"), tmp, 100_000_000,
+                              origin=hostile.base_url)
 
 
 @pytest.mark.parametrize(("fmt", "expected"), [
@@ -106,7 +107,8 @@ async def test_results_in_the_models_formats_are_taken(
     tmp_path: Path,
 ) -> None:
     hostile.route("GET", "/img/", image_answer(small(fmt)))
-    info, got = await fetch_image(http, hostile.url("/img/r"), tmp_path / "r.part", 10**8)
+    info, got = await fetch_image(http, hostile.url("/img/r"), tmp_path / "r.part", 10**8,
+                                  origin=hostile.base_url)
     assert info == ImageInfo(*expected, width=48, height=32)
     assert got.path.stat().st_size == got.size
 
