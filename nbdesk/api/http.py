@@ -527,8 +527,9 @@ async def with_retries(
 ) -> Any:
     """Run ``call`` until it succeeds, fails for good, or the attempts run out.
 
-    With ``retry_unsent_only`` (a non-idempotent submit) only failures that prove the
-    request was not taken on are retried; any other transient failure is re-raised.
+    With ``retry_unsent_only`` (a non-idempotent submit) only refusals (429, 503) that
+    prove the request was not taken on are retried; any other transient failure, and one
+    that never left the machine (``offline``), is re-raised.
     Inside a ``deadline()``, no attempt is begun after the deadline (nor a wait that
     would end past it): the last failure is raised instead.
     """
@@ -537,7 +538,10 @@ async def with_retries(
         try:
             return await call()
         except TransientError as exc:
-            if retry_unsent_only and exc.sent:
+            if retry_unsent_only and (exc.sent or exc.offline):
+                # Sent: never repeated. Never left the machine: the caller's to wait out
+                # (the engine puts the job back in the queue first, so that nbdesk
+                # stopping meanwhile leaves it queued, not "maybe sent").
                 raise
             attempt += 1
             if attempt >= policy.max_attempts:

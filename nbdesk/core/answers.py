@@ -19,6 +19,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from nbdesk.core.jobs import safe_job_id
+
 PIECE = 256 * 1024
 
 
@@ -39,7 +41,7 @@ def _private_root() -> None:
 
 
 def place(job_id: str, idx: int) -> Path:
-    return root() / f"{job_id}-{idx}"
+    return root() / f"{safe_job_id(job_id)}-{idx}"
 
 
 def spill(job_id: str, idx: int, data: bytes) -> Path:
@@ -101,8 +103,9 @@ def restore(job_id: str, idx: int, dest: Path) -> bool:
 
 def drop(job_id: str) -> None:
     """Forget every kept image of this job (stored, or the job cancelled)."""
+    stem = safe_job_id(job_id)
     base = root()
     if not base.is_dir():
         return
-    for folder in base.glob(f"{job_id}-*"):
+    for folder in base.glob(f"{stem}-*"):
         shutil.rmtree(folder, ignore_errors=True)

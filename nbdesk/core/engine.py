@@ -40,6 +40,7 @@ from nbdesk.api.base import (
     Provider,
     Reference,
     RemoteState,
+    SubmitResult,
     SyncProvider,
     TransientError,
     Turn,
@@ -63,7 +64,6 @@ from nbdesk.core.connector import ConfigError, Connector
 from nbdesk.core.failpoints import failpoint
 from nbdesk.core.jobs import (
     MAX_COUNT,
-    NOT_SENT_KINDS,
     OFFLINE_NOTE,
     RETRYABLE,
     Job,
@@ -106,13 +106,6 @@ _BACKSTOP = 1.0
 
 class _OutOfTime(Exception):
     """The job's deadline passed while a provider call or a download was under way."""
-
-
-def never_left(exc: TransientError) -> bool:
-    """Whether a failed request provably never left this machine (DNS failure, connection
-    refused, no route): then nothing was sent, let alone paid. A refusal with an HTTP
-    status (429, 503) reached the provider, which did not take it on."""
-    return exc.offline
 
 
 async def fetch_image(client: httpx.AsyncClient, url: str, tmp: Path, max_bytes: int, *,
@@ -400,8 +393,11 @@ class Engine:
             self._emit(job)
             return job
         await self.db(self.library.clear_tmp, job_id)
-        await self.db(self.library.clear_answer, job_id)
-        await self.db(self.library.remove_unrecorded_images, claimed)
+        if not (PROVIDERS[claimed.provider].synchronous and claimed.result_urls):
+            await self.db(self.library.clear_answer, job_id)
+            await self.db(self.library.remove_unrecorded_images, claimed)
+        # (else a synchronous answer arrived: it is paid, so it is kept, placed or not,
+        # and a retry stores it without a new call)
         job = await self._mark_cancelled(claimed)
         await self.db(self.library.release, self.owner, job_id)
         return job
@@ -430,7 +426,12 @@ class Engine:
         if job.state not in RETRYABLE:
             raise InputError(f"job {job_id[:8]} is {job.state.value}; only failed, "
                              "interrupted or cancelled jobs can be retried")
-        if self.retry_plan(job) is RetryPlan.RESUBMIT and not (resubmit_ok or job.demo):
+        caps = PROVIDERS[job.provider]
+        # A synchronous answer kept here is stored, whatever the record says (it may have
+        # failed before the answer's digests were written): never deleted, never re-paid.
+        kept = await self.db(self._kept_answer, job) if caps.synchronous else ()
+        if (not kept and self.retry_plan(job) is RetryPlan.RESUBMIT
+                and not (resubmit_ok or job.demo)):
             # The caller asked the user about another plan (the job changed since, or it
             # never asked): a maybe-second payment is never made unasked.
             raise InputError(f"job {job_id[:8]} may already have been billed: its retry is "
@@ -441,15 +442,17 @@ class Engine:
         common: dict[str, Any] = dict(
             error=None, error_kind=None, note=None, finished_at=None, cancel_requested=False
         )
-        caps = PROVIDERS[job.provider]
-        plan = self.retry_plan(claimed)
+        if caps.synchronous:
+            kept = await self.db(self._kept_answer, claimed)
+        plan = RetryPlan.CONTINUE if kept else self.retry_plan(claimed)
         if plan is RetryPlan.RESUBMIT and not (resubmit_ok or job.demo):  # changed meanwhile
             await self.db(self.library.release, self.owner, job_id)
             raise InputError(f"job {job_id[:8]} may already have been billed: its retry is "
                              "a new paid submission, which was not agreed to (not retried)")
         if plan is RetryPlan.CONTINUE and caps.synchronous:
-            if await self.db(self._answer_kept, claimed):
-                job = await self._update(claimed, state=JobState.DOWNLOADING, **common)
+            if kept:
+                job = await self._update(claimed, state=JobState.DOWNLOADING,
+                                         result_urls=kept, **common)
             else:
                 failed = await self._fail(
                     claimed, "the image of the answer was lost before it was stored; "
@@ -464,7 +467,7 @@ class Engine:
             # The same idempotency key where the provider dedups by it and the submit may
             # have reached it: the provider then finds its own job instead of billing.
             keep_key = (plan is RetryPlan.SUBMIT and caps.idempotent_submit
-                        and claimed.error_kind not in NOT_SENT_KINDS)
+                        and claimed.submit_attempts > 0)
             await self.db(self.library.clear_answer, job_id)
             job = await self._update(
                 claimed, state=JobState.QUEUED,
@@ -533,7 +536,7 @@ class Engine:
                     try:
                         job = await self._step(job, provider)
                     except _OutOfTime:
-                        job = await self._out_of_time(job_id, provider)
+                        job = await self._out_of_time(job_id, provider.idempotent_submit)
         except asyncio.CancelledError:
             raise
         except LeaseLost:
@@ -587,12 +590,12 @@ class Engine:
                     raise _OutOfTime(job_id) from None
                 raise
 
-    async def _out_of_time(self, job_id: str, provider: AnyProvider) -> Job:
+    async def _out_of_time(self, job_id: str, idempotent: bool) -> Job:
         """The deadline cut a call short: a submit that may have reached a provider
         without an idempotency key is interrupted (the user decides); any other job
         fails as "timeout", its remote id kept (a retry continues it, unpaid)."""
         job = await self.db(self.library.job, job_id)
-        if job.state is JobState.SUBMITTING and not provider.idempotent_submit:
+        if job.state is JobState.SUBMITTING and not idempotent:
             return await self._interrupt(job)
         if job.state in (JobState.QUEUED, JobState.SUBMITTING):
             minutes = self.config.job_timeout / 60
@@ -741,73 +744,71 @@ class Engine:
         return job
 
     async def _submit(self, job: Job, provider: Provider, request: GenerationRequest) -> Job:
-        job, result = await self._until_answered(
-            job, partial(provider.submit, request, job.idem_key),
+        async def record(job: Job, result: SubmitResult) -> Job:
+            return await self._update(
+                job, state=JobState.SUBMITTED, remote_id=result.remote_id,
+                submitted_at=time.time(), note=None,
+            )
+
+        return await self._until_answered(
+            job, partial(provider.submit, request, job.idem_key), record,
             idempotent=provider.idempotent_submit)
-        if result is None:
-            return job
-        failpoint("submit.sent")
-        return await self._update(
-            job, state=JobState.SUBMITTED, remote_id=result.remote_id,
-            submitted_at=time.time(), note=None,
-        )
 
     async def _generate(self, job: Job, provider: SyncProvider, request: GenerationRequest
                         ) -> Job:
         """One synchronous call (retried only while provably not taken on); the answer's
         images are written to disk before anything else happens."""
-        job, answer = await self._until_answered(
-            job, partial(provider.generate, request), idempotent=False)
-        if answer is None:
-            return job
-        failpoint("submit.sent")
-        with self._landing(job.id):  # (no await since the call returned: no gap)
-            return await self._keep_answer(job, answer)
+        return await self._until_answered(
+            job, partial(provider.generate, request), self._keep_answer, idempotent=False)
 
     async def _until_answered(
-        self, job: Job, call: Callable[[], Awaitable[T]], *, idempotent: bool
-    ) -> tuple[Job, T | None]:
-        """Send a paid request (a submit, a synchronous generate) until it is answered:
-        (job, the answer), or (the job failed or interrupted, None).
+        self, job: Job, call: Callable[[], Awaitable[T]],
+        record: Callable[[Job, T], Awaitable[Job]], *, idempotent: bool,
+    ) -> Job:
+        """Send a paid request (a submit, a synchronous generate) until it is answered,
+        and ``record`` the answer (its remote id, or its images kept): the job after.
 
         A request that may have reached a provider without an idempotency key is never
-        repeated (the job is interrupted). One that was provably not taken on puts the
-        job back in ``queued`` (persisted before waiting): with OFFLINE_NOTE when it never
-        left the machine, so a restart finds it queued (not interrupted) and sends it then;
-        at the job's deadline it fails as "offline" (a retry is its first payment).
+        repeated (the job is interrupted); while it is on the wire, and until its answer
+        is recorded, ``stop()`` lets it land rather than lose what the provider bills.
+        One that was provably not taken on puts the job back in ``queued`` (persisted
+        before waiting): with OFFLINE_NOTE when it never left the machine, so a restart
+        finds it queued (not interrupted) and sends it then; at the job's deadline it
+        fails as "offline" (a retry is its first payment).
         """
         attempt = 0
         while True:
             try:
-                answer = await self._unsafe_call(job.id, call, idempotent)
+                with self._landing(job.id, unsafe=not idempotent):
+                    grace = 0.0 if idempotent else self.config.landing_grace
+                    answer = await self._within(job.id, call(), grace)
+                    failpoint("submit.sent")
+                    return await record(job, answer)
             except _OutOfTime:
-                if idempotent:
-                    minutes = self.config.job_timeout / 60
-                    return await self._fail(
-                        job, f"the provider did not answer the submit within {minutes:.0f} "
-                        "min", "timeout"), None
-                return await self._interrupt(job), None
+                return await self._out_of_time(job.id, idempotent)
             except UnansweredSubmitError:
-                return await self._interrupt(job), None
+                return await self._interrupt(job)
             except TransientError as exc:
                 if exc.sent and not idempotent:
-                    return await self._interrupt(job), None
+                    return await self._interrupt(job)
                 attempt += 1
-                offline = never_left(exc)
                 back = {} if exc.sent else {"state": JobState.QUEUED}
                 try:
                     job = await self._wait_out(
-                        job, exc, attempt, OFFLINE_NOTE if offline else None, **back)
+                        job, exc, attempt, OFFLINE_NOTE if exc.offline else None, **back)
                     if self._time_left(job.id) <= 0:
                         raise exc  # not sent again just to be cut at once by the deadline
                 except TransientError:
-                    if offline:
+                    if exc.offline:
                         minutes = self.config.job_timeout / 60
+                        # An idempotent provider's earlier attempt may have left before
+                        # the network went: its retry keeps the key (retry_plan).
+                        after = ("a retry resends it under the same idempotency key, never "
+                                 "paid twice" if idempotent else "nothing was sent")
                         return await self._fail(
                             job, f"offline: the provider could not be reached within "
-                            f"{minutes:.0f} min ({exc.message}); nothing was sent",
-                            "offline"), None
-                    return await self._fail(job, f"gave up: {exc.message}", exc.kind), None
+                            f"{minutes:.0f} min ({exc.message}); {after}", "offline")
+                    return await self._fail(job, f"gave up: {exc.message}", exc.kind)
                 if job.state is JobState.QUEUED:
                     await self._running.wait()
                     job = await self._update(
@@ -815,20 +816,15 @@ class Engine:
                         note=None)
                 continue
             except ApiError as exc:
-                return await self._fail(job, exc.message, exc.kind), None
-            return job, answer
-
-    async def _unsafe_call(self, job_id: str, call: Callable[[], Awaitable[T]],
-                           idempotent: bool) -> T:
-        """``call`` within the job's deadline; one without an idempotency key is marked as
-        on the wire meanwhile (stop() lets it land rather than lose a paid answer)."""
-        if idempotent:
-            return await self._within(job_id, call())
-        with self._landing(job_id):
-            return await self._within(job_id, call(), self.config.landing_grace)
+                return await self._fail(job, exc.message, exc.kind)
 
     @contextlib.contextmanager
-    def _landing(self, job_id: str) -> Iterator[None]:
+    def _landing(self, job_id: str, *, unsafe: bool) -> Iterator[None]:
+        """While a request without an idempotency key is on the wire, and its answer not
+        yet recorded, ``stop()`` waits for it (up to ``stop_grace``)."""
+        if not unsafe:
+            yield
+            return
         landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsafe_submits[job_id] = landed
         try:
@@ -881,6 +877,15 @@ class Engine:
             else:
                 break
         return digests
+
+    def _kept_answer(self, job: Job) -> tuple[str, ...]:
+        """The markers (``answer:n:sha256``) of a synchronous job's paid answer kept here
+        (in the library's temp folder, the fallback folder or this process's memory, or
+        placed already), whatever the job's record says; () if none is."""
+        if job.result_urls and self._answer_kept(job):
+            return job.result_urls
+        digests = self._kept_digests(job) or [sha256_hex(d) for d in self._held.get(job.id, ())]
+        return tuple(f"answer:{n}:{d}" for n, d in enumerate(digests))
 
     def _answer_kept(self, job: Job) -> bool:
         for n, marker in enumerate(job.result_urls):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -95,6 +96,17 @@ def retry_plan(job: Job, *, synchronous: bool, idempotent: bool) -> RetryPlan:
     return RetryPlan.RESUBMIT
 
 PARAMS_VERSION = 1
+
+_JOB_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+def safe_job_id(job_id: str) -> str:
+    """``job_id`` as a part of a file name (nbdesk's ids are UUIDs): an id with a path or
+    a wildcard in it, which only a crafted database row can hold, is refused
+    (``ValueError``) before it can name, or glob, files elsewhere."""
+    if not _JOB_ID.fullmatch(job_id):
+        raise ValueError(f"not a job id: {job_id[:40]!r}")
+    return job_id
 
 
 @dataclass(frozen=True)

@@ -856,7 +856,18 @@ class Library:
     # ------------------------------------------------------------------ files
 
     def tmp_path(self, job_id: str, idx: int) -> Path:
-        return self.inside(f"tmp/{job_id}-{idx}.part", within=self.paths.tmp)
+        return self.inside(f"tmp/{self._stem(job_id)}-{idx}.part", within=self.paths.tmp)
+
+    @staticmethod
+    def _stem(job_id: str) -> str:
+        """A job id as (part of) a file name in tmp/; a crafted one (a path, a wildcard
+        its globs would expand) is refused."""
+        from nbdesk.core.jobs import safe_job_id  # (the job classes load after the grid)
+
+        try:
+            return safe_job_id(job_id)
+        except ValueError as exc:
+            raise UnsafePath(job_id, str(exc)) from None
 
     def clear_tmp(self, job_id: str) -> None:
         self.tmp_path(job_id, 0)  # (a job id that leads out of tmp/ is refused)
@@ -867,7 +878,7 @@ class Library:
     # moment the answer is read until they are placed: a crash in between loses nothing.
 
     def answer_path(self, job_id: str, idx: int) -> Path:
-        return self.paths.tmp / f"{job_id}-{idx}.answer"
+        return self.inside(f"tmp/{self._stem(job_id)}-{idx}.answer", within=self.paths.tmp)
 
     def keep_answer(self, job_id: str, images: Sequence[bytes]) -> list[str]:
         """Write the images of an answer; returns their SHA-256s.
@@ -901,6 +912,7 @@ class Library:
     def clear_answer(self, job_id: str) -> None:
         from nbdesk.core import answers
 
+        self.answer_path(job_id, 0)  # (a job id that leads out of tmp/ is refused)
         for stale in self.paths.tmp.glob(f"{job_id}-*.answer"):
             stale.unlink(missing_ok=True)
         answers.drop(job_id)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from nbdesk.api.base import InputError
-from nbdesk.core.jobs import JobParams, JobSpec, JobState
+from nbdesk.core.jobs import JobParams, JobSpec, JobState, RetryPlan
 from nbdesk.core.library import sha256_file
 from nbdesk.sim.gemini import REFUSAL_TEXT
 from tests.helpers import EngineEnv, close_engine
@@ -184,6 +184,52 @@ async def test_resume_stores_an_answer_kept_on_disk_without_calling_again(
     assert item.path.read_bytes() == data and item.cost == 0.039
     assert engine_env.sim.stats.requests == 0
     assert engine_env.library.tmp_files() == [] and engine_env.library.verify() == []
+
+
+async def test_an_answer_kept_before_its_record_failed_is_stored_by_retry_never_repaid(
+    engine_env: EngineEnv, tmp_path: Path,
+) -> None:
+    """The answer was kept on disk, then writing its record failed (the job failed as an
+    internal error, no digests recorded): Retry stores the kept image and asks nothing."""
+    data = write_png(tmp_path / "answer.png")
+    job_id = await _stage(engine_env, FLASH, state=JobState.FAILED, error_kind="internal",
+                          error="internal error: DatabaseLocked", submit_attempts=1)
+    engine_env.library.keep_answer(job_id, [data])
+    engine = engine_env.engine()
+    try:
+        await engine.start()
+        staged = engine_env.library.job(job_id)
+        assert engine.retry_plan(staged) is RetryPlan.RESUBMIT  # what the record alone says
+        await engine.retry(job_id)  # not agreed to pay: it must not need to
+        (job,) = await engine.wait([job_id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED, job.error
+    (item,) = engine_env.library.items_for_job(job_id)
+    assert item.path.read_bytes() == data
+    assert engine_env.sim.stats.requests == 0
+
+
+async def test_cancelling_once_the_answer_arrived_keeps_it_for_a_free_retry(
+    engine_env: EngineEnv, tmp_path: Path,
+) -> None:
+    data = write_png(tmp_path / "answer.png")
+    job_id = await _stage(engine_env, FLASH, state=JobState.DOWNLOADING, remote_id="resp-1",
+                          submit_attempts=1)
+    (digest,) = engine_env.library.keep_answer(job_id, [data])
+    engine_env.library.update_job(job_id, None, result_urls=(f"answer:0:{digest}",))
+    engine = engine_env.engine()
+    try:
+        cancelled = await engine.cancel(job_id)
+        assert cancelled.state is JobState.CANCELLED
+        assert engine.retry_plan(cancelled) is RetryPlan.CONTINUE
+        await engine.retry(job_id)
+        (job,) = await engine.wait([job_id])
+    finally:
+        await close_engine(engine)
+    assert job.state is JobState.COMPLETED, job.error
+    assert engine_env.library.items_for_job(job_id)[0].path.read_bytes() == data
+    assert engine_env.sim.stats.requests == 0
 
 
 async def test_unwritable_library_fails_and_retry_stores_without_paying(

@@ -364,3 +364,30 @@ async def test_a_reference_row_leading_out_is_never_read_nor_sent(
     assert "outside the library folder" in (done.error or ""), done.error
     assert engine_env.sim.stats.requests == 0
     assert secret.read_bytes() == data
+
+
+@pytest.mark.parametrize("crafted", ["../../outside", "*", "a/b", "x" * 65])
+def test_a_crafted_job_id_names_no_file_and_globs_nothing(
+        tmp_path: Path, crafted: str) -> None:
+    """A job id is part of the temp files' names: one with a path or a wildcard in it
+    (only a crafted row holds one) is refused, and other jobs' kept answers survive."""
+    from nbdesk.core import answers
+    from nbdesk.core.library import Library, UnsafePath
+    from nbdesk.core.paths import Paths
+
+    library = Library(Paths.resolve({"NBDESK_HOME": str(tmp_path / "home")}))
+    try:
+        library.keep_answer("0f6c0d8e-real-job", [b"a paid image"])
+        outside = tmp_path / "outside-0.answer"
+        outside.write_bytes(b"not the library's")
+        for call in (library.clear_answer, library.clear_tmp):
+            with pytest.raises(UnsafePath):
+                call(crafted)
+        with pytest.raises(UnsafePath):
+            library.answer_path(crafted, 0)
+        with pytest.raises(ValueError, match="not a job id"):
+            answers.drop(crafted)
+        assert library.answer_path("0f6c0d8e-real-job", 0).read_bytes() == b"a paid image"
+        assert outside.read_bytes() == b"not the library's"
+    finally:
+        library.close()

@@ -119,7 +119,7 @@ def _resume_and_check(trial: Trial, at_kill: Sequence[Job], planted: Path | None
         for i in interrupted:
             assert jobs[i].remote_id is None and jobs[i].error_kind == "unanswered"
         if interrupted:
-            retried = cli.run("retry", *sorted(interrupted), "--json")
+            retried = cli.run("retry", *sorted(interrupted), "--yes", "--json")
             assert retried.code == 0, retried.describe()
             assert {r["id"] for r in retried.records()} == interrupted
             jobs = {j.id: j for j in cli.jobs()}

@@ -56,7 +56,7 @@ def _storm(seed: int, make_sim: MakeSim, make_cli: MakeCli) -> None:
 
     # The user retries each interrupted job once: one new paid submission each.
     if interrupted:
-        retried = cli.run("retry", *interrupted, "--json", timeout=120)
+        retried = cli.run("retry", *interrupted, "--yes", "--json", timeout=120)
         assert retried.code == 0, retried.describe()
         assert sorted(r["id"] for r in retried.records()) == interrupted
         assert {r["status"] for r in retried.records()} == {"completed"}

@@ -44,13 +44,13 @@ from typing import Any
 
 import pytest
 
-from nbdesk.core.jobs import Job, JobState
+from nbdesk.core.jobs import MAX_COUNT, Job, JobState
 from nbdesk.sim import Faults, SimConfig, Simulator
 from tests.e2e.harness import FAST_SETTINGS, REPO, Cli, Result
 from tests.helpers import wait_until
 from tests.reliability.conftest import ReliabilityReport
 
-N = 20  # jobs per trial
+N = MAX_COUNT  # jobs per trial (one `--count`, at most MAX_COUNT)
 CONCURRENCY = 5  # jobs a process works at once (per provider): some are queued at a kill
 SETTINGS = {**FAST_SETTINGS, "concurrency": CONCURRENCY}
 QUEUE_SECONDS = 0.1  # the simulator's time in QUEUED
@@ -453,7 +453,7 @@ FAILPOINTS = [
 ]
 MORE_FAILPOINTS = [
     ("download.written", "apifree", 14),
-    ("db.transaction", "apifree", 17),
+    ("db.transaction", "apifree", 15),
     ("submit.sent", "apiframe", 3),
 ]
 
