@@ -449,9 +449,18 @@ async def send(
 async def _send(
     client: httpx.AsyncClient, request: httpx.Request, what: str, max_bytes: int
 ) -> httpx.Response:
+    response = await client.send(request, stream=True)
+    try:
+        return await _read_capped(response, what, max_bytes)
+    finally:
+        await response.aclose()
+
+
+async def _read_capped(response: httpx.Response, what: str, max_bytes: int) -> httpx.Response:
+    """A streamed ``response``'s body read whole, decoded, with a cap on the decoded bytes
+    (ProtocolError past it): a response as httpx would have made it, body in memory."""
     import httpx
 
-    response = await client.send(request, stream=True)
     body = io.BytesIO()
     try:
         def too_large() -> ProtocolError:
@@ -473,13 +482,15 @@ async def _send(
     except BaseException:
         body.close()  # a partial answer is freed now, not when the error is dropped
         raise
-    finally:
-        await response.aclose()
     # The body as decoded: it no longer has the encoding nor the length it was sent with.
     headers = [(k, v) for k, v in response.headers.multi_items()
                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
     return httpx.Response(response.status_code, headers=headers, content=content,
-                          request=request, extensions=response.extensions)
+                          request=response.request, extensions=response.extensions)
+
+
+#: The most of an error page (an image host's 4xx/5xx) that is read for its message.
+MAX_ERROR_BYTES = 64 * 2**10
 
 
 def _transport_error(exc: httpx.TransportError, what: str, whom: str) -> TransientError:
@@ -918,7 +929,6 @@ async def download_to(
                     "GET", url, headers={"Accept-Encoding": "identity"},
                     extensions={"trace": wire}) as response:
                 if response.status_code >= 400:
-                    await response.aread()
                     if response.status_code in _LINK_REFUSED:
                         # Image links carry no key: a refusal means the link, not the key.
                         raise BadRequestError(
@@ -926,7 +936,11 @@ async def download_to(
                             f"{response.status_code}); it may have expired. Retry asks the "
                             "provider for a fresh link (no new payment)",
                             status=response.status_code)
-                    raise_for_status(response, what)
+                    try:  # the error page, for its message: read with a cap, as answers are
+                        page = await _read_capped(response, what, MAX_ERROR_BYTES)
+                    except ProtocolError:
+                        page = httpx.Response(response.status_code, request=response.request)
+                    raise_for_status(page, what)
                 if response.status_code != 200:
                     raise ProtocolError(f"{what}: unexpected HTTP {response.status_code}")
 

@@ -75,10 +75,17 @@ class KeyLookup:
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every secret of at least MIN_REDACT_LENGTH characters replaced by ***."""
     # Longest first, so a secret that contains another is replaced whole.
-    for secret in sorted(
-        {s for s in secrets if len(s) >= MIN_REDACT_LENGTH}, key=len, reverse=True
-    ):
+    known = sorted({s for s in secrets if len(s) >= MIN_REDACT_LENGTH}, key=len, reverse=True)
+    for secret in known:
         text = text.replace(secret, "***")
+    # A message cut short (a provider's text is cut to a readable length before it is
+    # stored) may end in the first part of a key: that part is masked too.
+    body = text.rstrip("…. ")
+    tail = text[len(body):]
+    for secret in known:
+        for n in range(len(secret) - 1, MIN_REDACT_LENGTH - 1, -1):
+            if body.endswith(secret[:n]):
+                return body[:-n] + "***" + tail
     return text
 
 

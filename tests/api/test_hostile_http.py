@@ -324,6 +324,23 @@ async def test_a_dripped_download_ends_at_its_limit_and_leaves_no_file(
     assert not dest.exists()
 
 
+async def test_an_image_hosts_error_page_is_read_with_a_cap(
+    hostile: Hostile, http: httpx.AsyncClient, tmp_path: Path,
+) -> None:
+    """A result link that answers 500 with a gzip bomb: its page is read only up to the
+    error cap, and the download fails as the status says."""
+    hostile.route("GET", "/img.png", bomb(300_000_000, status=500))
+    tracemalloc.start()
+    try:
+        with pytest.raises(TransientError, match="HTTP 500"):
+            await download_to(http, hostile.url("/img.png"), tmp_path / "x.part",
+                              origin=hostile.base_url, max_bytes=10_000_000)
+        _held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak  # httpx's own reading decoded all 300 MB
+
+
 # ------------------------------------------------------------------ 6. result links
 
 

@@ -604,3 +604,23 @@ async def test_references_go_without_their_location_unless_the_user_keeps_it(
     assert any(s in copy for s in SECRETS) is keep
     # What was sent is that copy (the simulator hashes the data URI's bytes).
     assert engine_env.sim.stats.jobs[-1].ref_sha256s == [hashlib.sha256(copy).hexdigest()]
+
+
+@pytest.mark.parametrize("kind", ["offline", "auth", "config", "transient"])
+async def test_retry_of_an_idempotent_submit_tried_before_keeps_its_key(
+        engine_env: EngineEnv, kind: str) -> None:
+    """An earlier attempt may have reached Apiframe before the last one failed (offline,
+    a refused key...): the retry resends under the same Idempotency-Key, so the provider
+    finds its own job rather than billing a second one."""
+    job_id = await _stage(engine_env, FRAME, state=JobState.FAILED, error_kind=kind,
+                          error="gave up", submit_attempts=2)
+    original = engine_env.library.job(job_id).idem_key
+    engine = engine_env.engine()
+    try:
+        retried = await engine.retry(job_id)
+        (job,) = await engine.wait([job_id])
+    finally:
+        await close_engine(engine)
+    assert retried.idem_key == original and job.state is JobState.COMPLETED, job.error
+    (record,) = engine_env.sim.stats.jobs
+    assert record.idempotency_key == original

@@ -446,6 +446,20 @@ def test_redact() -> None:
     assert redact("nothing here", []) == "nothing here"
 
 
+def test_redact_masks_a_key_cut_off_at_the_end_of_a_message() -> None:
+    """A provider's message is cut to a readable length before it is stored: the cut may
+    fall inside a key it repeated back."""
+    from nbdesk.api.answers import text_value
+
+    message = "x" * 975 + f" Invalid key: {KEY}"  # cut inside the key (1000 characters)
+    cut = text_value(message)
+    assert cut is not None and KEY[:4] in cut  # the control: the cut keeps part of it
+    masked = redact(cut, [KEY])
+    assert masked.endswith("Invalid key: ***…") and KEY[:4] not in masked
+    assert redact(f"key {KEY[:9]}...", [KEY]) == "key ***..."
+    assert redact("ends in text", [KEY]) == "ends in text"
+
+
 def test_keylookup_repr_hides_the_key() -> None:
     assert KEY not in repr(KeyLookup(KEY, "env"))
     assert KEY not in str(KeyLookup(KEY, "keychain"))
