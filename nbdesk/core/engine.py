@@ -811,9 +811,11 @@ class Engine:
                     return await self._fail(job, f"gave up: {exc.message}", exc.kind)
                 if job.state is JobState.QUEUED:
                     await self._running.wait()
+                    # (offline, the note stays until an answer comes: the window says it
+                    # steadily rather than flickering with each try)
                     job = await self._update(
                         job, state=JobState.SUBMITTING, submit_attempts=job.submit_attempts + 1,
-                        note=None)
+                        note=job.note if exc.offline else None)
                 continue
             except ApiError as exc:
                 return await self._fail(job, exc.message, exc.kind)

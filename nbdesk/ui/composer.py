@@ -158,6 +158,7 @@ class Composer(QWidget):
             f"How many images to make (1–{MAX_COUNT}); one job, and one paid request, each")
         self.cost_label = QLabel()
         self.cost_label.setObjectName("costLabel")
+        self.cost_label.setWordWrap(True)  # (its longest text must not widen the composer)
         #: the open "queue this many images?" question
         self.count_question: QMessageBox | None = None
         self.google_search = QCheckBox("Google search")

@@ -189,14 +189,14 @@ def test_a_library_that_cannot_be_read_is_reported_and_nothing_starts(
     before = db.read_bytes()
 
     opener = app_module._Opener()
-    with pytest.raises(LibraryError, match="cannot be read"):
+    with pytest.raises(LibraryError, match="is damaged"):
         opener.opened()
 
     shown: list[str] = []  # (the real dialog is modal: it would wait for a click)
     monkeypatch.setattr(QMessageBox, "critical",
                         staticmethod(lambda _parent, _title, text: shown.append(text)))
     assert app_module.main() == 3
-    assert len(shown) == 1 and "cannot be read" in shown[0]
+    assert len(shown) == 1 and "is damaged" in shown[0]
     assert db.read_bytes() == before  # left untouched
 
 
