@@ -231,6 +231,9 @@ def _usable(backend: keyring.backend.KeyringBackend) -> bool:
     return priority >= 1
 
 
+#: Held around every call into keyring (see SecretStore._guarded).
+_ONE_CALL = threading.Lock()
+
 _FRIENDLY_NAMES = {
     "keyring.backends.SecretService.Keyring": "Secret Service",
     "keyring.backends.libsecret.Keyring": "Secret Service (libsecret)",
@@ -331,7 +334,10 @@ class SecretStore:
             import keyring.errors
 
             try:
-                return fn()
+                # One keychain call at a time: keyring's backend set-up is not safe from
+                # two threads at once ("Set changed size during iteration").
+                with _ONE_CALL:
+                    return fn()
             except KeychainError:
                 raise
             except (keyring.errors.NoKeyringError, keyring.errors.InitError) as e:
