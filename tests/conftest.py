@@ -25,7 +25,7 @@ if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
         f"offscreen:configfile={Path(__file__).with_name('offscreen.json')}"
     )
 
-pytest_plugins = ["tests.keychain", "tests.helpers"]
+pytest_plugins = ["tests.keychain", "tests.helpers", "tests.hostile"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -14,6 +14,7 @@ truthful answer). Every request is recorded, so a test counts the paid POSTs its
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 import threading
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import pytest
 
 Responder = Callable[["Handler"], None]
 
@@ -102,8 +105,8 @@ class Hostile:
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -130,6 +133,23 @@ class Hostile:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def hostile() -> Iterator[Hostile]:
+    """A started hostile server with no routes (a test adds its own), stopped after."""
+    with Hostile() as h:
+        yield h
+
+
+def png_image(size: tuple[int, int] = (32, 24),
+              colour: tuple[int, int, int] = (200, 10, 10)) -> bytes:
+    """A small, whole PNG: what a truthful provider's result link serves."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------- responders

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import io
 import json
 import socket
 import subprocess
@@ -15,12 +14,10 @@ import textwrap
 import time
 import tracemalloc
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from nbdesk.api.apiframe import ApiframeProvider
 from nbdesk.api.base import (
@@ -46,18 +43,12 @@ from nbdesk.api.http import (
 from nbdesk.api.refs import fetch_reference
 from nbdesk.core.settings import validate_base_url
 from tests.helpers import FakeSleep
-from tests.hostile import Handler, Hostile, bomb, drip, json_answer
+from tests.hostile import Handler, Hostile, bomb, drip, json_answer, png_image
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNING = {"status": "PROCESSING", "progress": 40}
-
-
-@pytest.fixture
-def hostile() -> Iterator[Hostile]:
-    with Hostile() as h:
-        yield h
 
 
 def frame(h: Hostile, http: httpx.AsyncClient, attempts: int = 1) -> ApiframeProvider:
@@ -72,12 +63,6 @@ def encoded(payload: bytes, encoding: str) -> bytes:
         return zlib.compress(payload)
     packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)  # "deflate" sent raw
     return packer.compress(payload) + packer.flush()
-
-
-def png_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (20, 120, 200)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------ 1. compressed answers
@@ -238,7 +223,7 @@ async def test_a_gzip_encoded_image_is_stored_decoded(
     hostile: Hostile, http: httpx.AsyncClient, tmp_path: Path,
 ) -> None:
     """An image is asked for unencoded; one gzipped anyway is stored as the image."""
-    png = png_bytes()
+    png = png_image((64, 48))
     hostile.route("GET", "/img.png", json_answer(gzip.compress(png), headers={
         "Content-Encoding": "gzip", "Content-Type": "image/png"}))
     got = await download_to(http, hostile.url("/img.png"), tmp_path / "x.part",
@@ -310,7 +295,8 @@ async def test_retries_stop_at_the_deadline(hostile: Hostile, http: httpx.AsyncC
 async def test_a_dripped_download_ends_at_its_limit_and_leaves_no_file(
     hostile: Hostile, http: httpx.AsyncClient, tmp_path: Path,
 ) -> None:
-    hostile.route("GET", "/img.png", drip(png_bytes(), every=0.02, content_type="image/png"))
+    hostile.route("GET", "/img.png",
+                  drip(png_image((64, 48)), every=0.02, content_type="image/png"))
     dest = tmp_path / "x.part"
     async with asyncio.timeout(20):
         with pytest.raises(TransientError, match="did not answer in time"):
@@ -383,7 +369,7 @@ async def test_plain_http_results_are_refused_for_an_https_provider() -> None:
 async def test_a_refused_result_link_is_never_requested(
     hostile: Hostile, http: httpx.AsyncClient, tmp_path: Path,
 ) -> None:
-    hostile.route("GET", "/img.png", json_answer(png_bytes(),
+    hostile.route("GET", "/img.png", json_answer(png_image((64, 48)),
                                                  headers={"Content-Type": "image/png"}))
     port = hostile.base_url.rsplit(":", 1)[1]
     dest = tmp_path / "x.part"
@@ -395,7 +381,7 @@ async def test_a_refused_result_link_is_never_requested(
     # The simulator's case: the provider on loopback, its results too.
     got = await download_to(http, hostile.url("/img.png"), dest, origin=hostile.base_url,
                             max_bytes=10_000_000)
-    assert got.size == len(png_bytes())
+    assert got.size == len(png_image((64, 48)))
 
 
 # --------------------------------------------------------------------- 12. and offline

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,12 +33,6 @@ from tests.api.test_images import SECRETS, bilevel_png, deflate_tiff, encode, wi
 from tests.hostile import Handler, Hostile, Responder, json_answer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def hostile() -> Iterator[Hostile]:
-    with Hostile() as h:
-        yield h
 
 
 def image_answer(data: bytes, ctype: str = "image/png") -> Responder:

@@ -5,36 +5,21 @@ keys repeated back."""
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
-from PIL import Image
 
 from nbdesk.core.jobs import OFFLINE_NOTE, JobSpec, JobState, RetryPlan
 from nbdesk.core.secrets import RedactingFilter
 from tests.helpers import EngineEnv, close_engine
-from tests.hostile import Hostile, Seen, delay, drip, json_answer
+from tests.hostile import Hostile, Seen, delay, drip, json_answer, png_image
 
 pytestmark = pytest.mark.anyio
 
 FRAME = JobSpec(provider="apiframe", model="nano-banana", prompt="a red bicycle")
 FREE = JobSpec(provider="apifree", model="google/nano-banana-pro", prompt="a blue boat")
 GEMINI = JobSpec(provider="gemini", model="gemini-2.5-flash-image", prompt="a green kite")
-
-
-def png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), (200, 10, 10)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture
-def hostile() -> Iterator[Hostile]:
-    with Hostile() as h:
-        yield h
 
 
 def point_at(env: EngineEnv, base_url: str) -> None:
@@ -72,7 +57,7 @@ async def test_a_dripped_poll_answer_is_cut_at_the_job_timeout(
 async def test_a_slow_image_does_not_hold_the_job_past_its_deadline(
         engine_env: EngineEnv, hostile: Hostile) -> None:
     point_at(engine_env, hostile.base_url)
-    image = png()
+    image = png_image()
     hostile.route("POST", "/v2/images/generate", json_answer({"jobId": "job1"}))
     hostile.route("GET", "/v2/jobs/", json_answer(
         {"status": "COMPLETED", "result": {"images": [hostile.url("/img/0.png")]}}))
@@ -100,7 +85,7 @@ async def test_a_listing_of_300_images_for_one_request_stores_none(
     urls = [hostile.url(f"/img/{n}.png") for n in range(300)]
     hostile.route("GET", "/v2/jobs/", json_answer(
         {"status": "COMPLETED", "result": {"images": urls}}))
-    hostile.route("GET", "/img/", json_answer(png(), headers={"Content-Type": "image/png"}))
+    hostile.route("GET", "/img/", json_answer(png_image(), headers={"Content-Type": "image/png"}))
     engine = engine_env.engine()
     try:
         (job,) = await engine.enqueue(FRAME)
@@ -194,7 +179,7 @@ async def test_an_offline_job_waits_queued_and_is_sent_once_the_network_is_back(
 
     # The network is back: a server listens at the provider's address.
     port = int(base.rpartition(":")[2])
-    image = png()
+    image = png_image()
     with Hostile(port=port) as h:
         h.route("POST", "/v1/", json_answer({"code": 200, "resp_data": {"request_id": "r1"}}))
         h.route("GET", "/v1/", json_answer({"code": 200, "resp_data": {
@@ -238,7 +223,7 @@ async def test_a_slow_gemini_call_is_cut_at_the_deadline_and_interrupted(
     """The synchronous call is bounded by the job's time too; it may have been billed, so
     the job is interrupted (the user decides), never silently sent again."""
     point_at(engine_env, hostile.base_url)
-    hostile.route("POST", "/v1beta/models/", delay(30.0, json_answer(gemini_answer(png()))))
+    hostile.route("POST", "/v1beta/models/", delay(30.0, json_answer(gemini_answer(png_image()))))
     engine = engine_env.engine(job_timeout=1.0, landing_grace=0.5)
     try:
         started = time.monotonic()

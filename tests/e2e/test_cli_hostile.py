@@ -4,31 +4,15 @@
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Iterator
-
-import pytest
-from PIL import Image
+from collections.abc import Callable
 
 from nbdesk.core.jobs import MAX_COUNT, JobState
 from nbdesk.sim import Simulator
 from tests.e2e.harness import APIFRAME_KEY, APIFREE_KEY, Cli
-from tests.hostile import Hostile, json_answer, script
+from tests.hostile import Hostile, json_answer, png_image, script
 
 MakeCli = Callable[..., Cli]
 MakeSim = Callable[..., Simulator]
-
-
-def png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), (200, 10, 10)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture
-def hostile() -> Iterator[Hostile]:
-    with Hostile() as h:
-        yield h
 
 
 def hostile_cli(make_cli: MakeCli, h: Hostile) -> Cli:
@@ -41,7 +25,7 @@ def hostile_cli(make_cli: MakeCli, h: Hostile) -> Cli:
 def healthy_apiframe(h: Hostile) -> None:
     h.route("GET", "/v2/jobs/", json_answer(
         {"status": "COMPLETED", "result": {"images": [h.url("/img/0.png")]}}))
-    h.route("GET", "/img/", json_answer(png(), headers={"Content-Type": "image/png"}))
+    h.route("GET", "/img/", json_answer(png_image(), headers={"Content-Type": "image/png"}))
 
 
 def test_a_job_with_a_remote_id_is_continued_by_retry_never_submitted_again(
@@ -78,7 +62,7 @@ def test_a_retry_that_may_pay_twice_needs_yes(make_cli: MakeCli, hostile: Hostil
         json_answer({"code": 200, "resp_data": {"request_id": "r2"}})))
     hostile.route("GET", "/v1/image/", json_answer({"code": 200, "resp_data": {
         "request_id": "r2", "status": "success", "image_list": [hostile.url("/img/0.png")]}}))
-    hostile.route("GET", "/img/", json_answer(png(), headers={"Content-Type": "image/png"}))
+    hostile.route("GET", "/img/", json_answer(png_image(), headers={"Content-Type": "image/png"}))
     first = cli.run("generate", "a blue boat", "--provider", "apifree", "--json")
     (record,) = first.records()
     assert record["status"] == "interrupted", first.describe()

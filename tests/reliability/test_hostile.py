@@ -9,7 +9,6 @@ printed, paid calls a retry makes, and offline jobs that came back interrupted.
 
 from __future__ import annotations
 
-import io
 import socket
 import sqlite3
 import subprocess
@@ -20,13 +19,12 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from PIL import Image
 
 from nbdesk.api.capabilities import APIFRAME
 from nbdesk.core.jobs import OFFLINE_NOTE, JobState
 from nbdesk.sim import SimConfig, Simulator
 from tests.e2e.harness import APIFRAME_KEY, APIFREE_KEY, FAST_SETTINGS, REPO, Cli, Result
-from tests.hostile import Hostile, bomb, drip, json_answer, script
+from tests.hostile import Hostile, bomb, drip, json_answer, png_image, script
 from tests.reliability.conftest import ReliabilityReport
 
 pytestmark = pytest.mark.slow
@@ -37,17 +35,11 @@ POLL = "/v2/jobs/"
 JOB_TIMEOUT = 10.0
 
 
-def png_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture
 def hostile() -> Iterator[Hostile]:
     with Hostile() as h:
         h.route("POST", SUBMIT, json_answer({"jobId": "job1", "status": "QUEUED"}, status=202))
-        image = png_bytes()
+        image = png_image((64, 48), (200, 30, 30))
         h.route("GET", "/img/", lambda r: r.send_body(image, content_type="image/png"))
         yield h
 
