@@ -16,16 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.ui.test_app_signals import SCREEN, _log
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-SCREEN = Path(__file__).parents[1] / "offscreen.json"  # the suite's desktop-sized screen
-
-
-def _log(home: Path) -> str:
-    try:
-        return (home / "logs" / "nbdesk.log").read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ""
 
 
 def _wait_for(proc: subprocess.Popen[str], home: Path, text: str, count: int = 1) -> None:
