@@ -1,4 +1,4 @@
-"""Focused probes behind bench/FINDINGS.md: each isolates one cost the scenarios showed.
+"""Focused probes (see bench/README.md): each isolates one cost the scenarios showed.
 
 ``python -m bench.probes NAME`` with NAME one of:
 
