@@ -71,7 +71,7 @@ async def test_jobs_at_once_grows_and_shrinks_without_a_restart(
 
         # jobs at once = 1: one job at the provider, three waiting for a slot
         await watch.until(lambda: a in watch.reached(JobState.SUBMITTED))
-        await slots.until(lambda s: s.waiting == 3)
+        await asyncio.wait_for(slots.until(lambda s: s.waiting == 3), 15)
         assert slots.running == 1 and watch.started() == {a}
 
         # raised to 3 (saved from a worker thread, as the settings dialog does): two
@@ -87,7 +87,8 @@ async def test_jobs_at_once_grows_and_shrinks_without_a_restart(
         assert (slots.limit, slots.running, slots.waiting) == (1, 3, 1)
         clock.advance(0.15)  # a is done at the provider, b and c are not
         await watch.until(lambda: a in watch.reached(JobState.COMPLETED))
-        await slots.until(lambda s: s.running + s.waiting == 3)  # a gave its slot back
+        # a gave its slot back
+        await asyncio.wait_for(slots.until(lambda s: s.running + s.waiting == 3), 15)
         # ...and the slot a freed starts nothing: two still run, above the new limit
         assert (slots.running, slots.waiting) == (2, 1)
         assert d not in watch.started()
