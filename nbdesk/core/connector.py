@@ -20,6 +20,7 @@ from nbdesk.api.gemini import GeminiProvider
 from nbdesk.api.http import RetryPolicy, check_base_url
 from nbdesk.core.secrets import KeychainError, SecretStore, register_env_keys
 from nbdesk.core.settings import Settings
+from nbdesk.core.settings_service import SettingsService
 
 if TYPE_CHECKING:  # httpx comes with the client; the simulator only in Demo mode
     import httpx
@@ -51,13 +52,17 @@ def base_url_for(
 class Connector:
     """``http``: the process's client, or a function that makes it (``make_client``): then
     the connector makes it when ``open_http()`` runs (off the event loop's thread: its SSL
-    context takes tens of ms) or at first use, and closes it in ``close()``."""
+    context takes tens of ms) or at first use, and closes it in ``close()``.
+
+    ``settings``: the process's settings service (a plain ``Settings`` gets a service of
+    its own, in memory). Base URLs are read from it when a client is made, and a changed
+    base URL drops the clients made with the old one."""
 
     def __init__(
         self,
         http: httpx.AsyncClient | Callable[[], httpx.AsyncClient],
         secrets: SecretStore,
-        settings: Settings,
+        settings: SettingsService | Settings,
         *,
         env: Mapping[str, str] | None = None,
         policy_factory: Callable[[], RetryPolicy] = RetryPolicy,
@@ -69,7 +74,9 @@ class Connector:
         else:
             self._http, self._make_http = http, None
         self.secrets = secrets
-        self.settings = settings
+        self.settings_service = (
+            settings if isinstance(settings, SettingsService) else SettingsService(settings))
+        self._unsubscribe = self.settings_service.subscribe(self._on_settings)
         self._env = os.environ if env is None else env
         # A provider may repeat back any key it was sent: every provider's key in the
         # environment is masked from the start (keychain keys as they are read).
@@ -79,6 +86,15 @@ class Connector:
         self._demo: Simulator | None = None
         self._cache: dict[tuple[str, bool], AnyProvider] = {}
         self._lock = asyncio.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        return self.settings_service.current
+
+    def _on_settings(self, old: Settings, new: Settings) -> None:
+        for pid in PROVIDERS:
+            if old.base_urls.get(pid) != new.base_urls.get(pid):
+                self.forget(pid)
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -152,11 +168,14 @@ class Connector:
                 await self.secrets.alookup(caps.id)
 
     def forget(self, provider_id: str) -> None:
-        """Drop cached clients (after a key or base URL changed)."""
-        for k in [k for k in self._cache if k[0] == provider_id]:
-            del self._cache[k]
+        """Drop cached clients (after a key or base URL changed). Safe from any thread
+        (a settings change may be told on the thread that saved it)."""
+        for k in list(self._cache):
+            if k[0] == provider_id:
+                self._cache.pop(k, None)
 
     async def close(self) -> None:
+        self._unsubscribe()
         self._cache.clear()
         try:
             if self._demo is not None:

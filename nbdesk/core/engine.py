@@ -83,6 +83,8 @@ from nbdesk.core.library import (
 )
 from nbdesk.core.refs import RefRecord
 from nbdesk.core.secrets import scrub
+from nbdesk.core.settings import Settings
+from nbdesk.core.slots import Slots
 
 if TYPE_CHECKING:
     import httpx
@@ -122,6 +124,9 @@ async def fetch_image(client: httpx.AsyncClient, url: str, tmp: Path, max_bytes:
 
 @dataclass
 class EngineConfig:
+    """The engine's tuning. ``concurrency``, ``poll_interval`` and ``job_timeout`` follow
+    the user's settings while the engine runs (``Engine._on_settings``)."""
+
     concurrency: int = 4  # per provider
     poll_interval: float | None = None  # None: the provider's documented interval
     slow_after: float = 60.0  # poll less often after this long
@@ -156,7 +161,12 @@ class Engine:
         self.owner = make_owner()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelling: set[str] = set()
-        self._sems: dict[str, asyncio.Semaphore] = {}
+        self._slots: dict[str, Slots] = {}  # per provider: how many jobs run at once
+        # set (and replaced) when a setting the engine follows changed: a poll waiting
+        # for its turn measures its wait again
+        self._config_changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
+        self._unsubscribe = connector.settings_service.subscribe(self._on_settings)
         self._listeners: list[Listener] = []
         self._external: list[Callable[[], None]] = []
         self._running = asyncio.Event()
@@ -207,10 +217,42 @@ class Engine:
         self._emit(job)
         return job
 
-    def _sem(self, provider: str) -> asyncio.Semaphore:
-        if provider not in self._sems:
-            self._sems[provider] = asyncio.Semaphore(max(1, self.config.concurrency))
-        return self._sems[provider]
+    def slots(self, provider: str) -> Slots:
+        """The places of ``provider``'s jobs running at once (``config.concurrency``)."""
+        if provider not in self._slots:
+            self._slots[provider] = Slots(max(1, self.config.concurrency))
+        return self._slots[provider]
+
+    def _on_settings(self, old: Settings, new: Settings) -> None:
+        """The user changed the settings (on whichever thread saved them): the engine
+        applies them on its loop's thread."""
+        loop = self._loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if loop is None or loop is here:
+            self._apply_settings(old, new)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._apply_settings, old, new)
+
+    def _apply_settings(self, old: Settings, new: Settings) -> None:
+        """At once: running queues grow or shrink their slots, a waiting poll measures
+        its wait again, and a job's deadline moves by the change of the timeout (a call
+        under way keeps the cut it started with)."""
+        config = self.config
+        if new.concurrency != old.concurrency:
+            config.concurrency = new.concurrency
+            for slots in self._slots.values():
+                slots.limit = max(1, new.concurrency)
+        if new.poll_interval != old.poll_interval:
+            config.poll_interval = new.poll_interval
+        if new.job_timeout != old.job_timeout:
+            moved, config.job_timeout = new.job_timeout - config.job_timeout, new.job_timeout
+            for job_id in self._deadlines:
+                self._deadlines[job_id] += moved
+        changed, self._config_changed = self._config_changed, asyncio.Event()
+        changed.set()
 
     @property
     def paused(self) -> bool:
@@ -234,6 +276,7 @@ class Engine:
 
     async def start(self, *, resume: bool = True) -> list[str]:
         """Start background work; with ``resume`` take up every unfinished job."""
+        self._loop = asyncio.get_running_loop()
         await self.db(self.library.sweep_tmp)
         resumed = await self.resume_all() if resume else []
         self._bg.append(asyncio.create_task(self._heartbeat_loop(), name="nbdesk-heartbeat"))
@@ -256,6 +299,7 @@ class Engine:
         if self._stopped:
             return
         self._stopped = True
+        self._unsubscribe()
         landing = [f for f in self._unsafe_submits.values() if not f.done()]
         if landing:
             # Cancelling these would lose an answer the provider bills anyway (APIFree
@@ -517,7 +561,7 @@ class Engine:
                 # Links from an earlier run may have expired (or, in Demo, pointed at a
                 # simulator that died with it): ask the provider for fresh ones.
                 job = await self._update(job, result_urls=())
-            async with self._sem(job.provider):
+            async with self.slots(job.provider):
                 try:
                     provider = await self.connector.provider(job.provider, job.demo)
                 except ConfigError as exc:
@@ -977,7 +1021,6 @@ class Engine:
         return job, result
 
     async def _poll(self, job: Job, provider: Provider) -> Job:
-        interval = self.config.poll_interval or PROVIDERS[job.provider].poll_interval
         started = time.monotonic()
         while True:
             try:
@@ -1009,12 +1052,29 @@ class Engine:
                 return await self._fail(job, self._timeout_message(job), "timeout")
             elapsed = time.monotonic() - started
             factor = self.config.slow_factor if elapsed > self.config.slow_after else 1.0
-            await asyncio.sleep(min(interval * factor, left))
+            await self._until_next_poll(job, factor)
             fresh = await self.db(self.library.job, job.id)
             if fresh.cancel_requested:
                 return fresh
             if fresh.lease_owner != self.owner:
                 raise LeaseLost(job.id)
+
+    async def _until_next_poll(self, job: Job, factor: float) -> None:
+        """Wait a poll interval (times ``factor``), never past the job's deadline; the
+        interval and the deadline are read again whenever the settings change."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            changed = self._config_changed
+            interval = self.config.poll_interval or PROVIDERS[job.provider].poll_interval
+            wait = min(since + interval * factor - loop.time(), self._time_left(job.id))
+            if wait <= 0:
+                return
+            try:
+                async with asyncio.timeout(wait):
+                    await changed.wait()
+            except TimeoutError:
+                return
 
     @staticmethod
     def _too_many_images(job: Job, urls: Sequence[str]) -> str | None:

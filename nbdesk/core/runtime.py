@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from nbdesk.core.library import Library
 from nbdesk.core.paths import PRIVATE_FILE, Paths, private_mkdir
 from nbdesk.core.settings import Settings, load_settings
+from nbdesk.core.settings_service import SettingsService
 
 if TYPE_CHECKING:  # the engine's modules load when an engine is made, the key store's
     # when the runtime is put together: the window's library grid is up before either
@@ -27,10 +28,16 @@ if TYPE_CHECKING:  # the engine's modules load when an engine is made, the key s
 @dataclass
 class Runtime:
     paths: Paths
-    settings: Settings
+    #: the process's one live settings: read ``settings`` (or subscribe) at use
+    settings_service: SettingsService
     secrets: SecretStore
     library: Library
     env: Mapping[str, str] | None = None  # None: os.environ, read at use
+
+    @property
+    def settings(self) -> Settings:
+        """The current settings (change them through ``settings_service.update``)."""
+        return self.settings_service.current
 
     @classmethod
     def open(cls, env: Mapping[str, str] | None = None) -> Runtime:
@@ -50,9 +57,12 @@ class Runtime:
         own thread, and adds the rest once the grid is drawn)."""
         from nbdesk.core.secrets import SecretStore
 
-        return cls(paths, settings, SecretStore(environ=env), library, env)
+        service = SettingsService(settings, paths.settings_file)
+        return cls(paths, service, SecretStore(environ=env), library, env)
 
     def engine_config(self, *, take_over: bool = True) -> EngineConfig:
+        """The engine's configuration from the settings as they are now (the engine
+        follows later changes itself: it subscribes to the connector's service)."""
         from nbdesk.core.engine import EngineConfig
 
         s = self.settings
@@ -75,7 +85,8 @@ class Runtime:
         from nbdesk.core.engine import Engine
 
         connector = Connector(
-            make_client, self.secrets, self.settings, env=self.env, demo_config=demo_config
+            make_client, self.secrets, self.settings_service, env=self.env,
+            demo_config=demo_config,
         )
         engine = Engine(self.library, connector, self.engine_config(take_over=take_over))
         try:

@@ -21,7 +21,6 @@ from nbdesk.core.jobs import RETRYABLE, Job, JobSpec, JobState, RetryPlan
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime
 from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
-from nbdesk.core.settings import save_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +48,6 @@ class Controller(QObject):
         self.library = rt.library
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_trashed: list[int] = []
-        self._settings_lock = asyncio.Lock()
         engine.subscribe(self._on_job)
         engine.on_external_change(self._on_external)
 
@@ -138,20 +136,16 @@ class Controller(QObject):
 
     def update_settings(self, **changes: Any) -> None:
         """Apply a setting changed from the window (not the settings dialog) at once,
-        and save it off the GUI thread; a failure to save is one message."""
-        rt = self.rt
-        new = rt.settings.replace(**changes)
-        rt.settings = new
-        self.engine.connector.settings = new
+        and save it off the GUI thread (the service writes one at a time, the latest);
+        a failure to save is one message."""
+        service = self.rt.settings_service
+        service.update(save=False, **changes)
 
         async def run() -> None:
             try:
-                async with self._settings_lock:  # one write at a time, the latest settings
-                    await asyncio.to_thread(save_settings, rt.paths.settings_file,
-                                            rt.settings)
+                await asyncio.to_thread(service.save)
             except OSError as e:
-                self.error(f"Cannot save the settings to {rt.paths.settings_file}: "
-                           f"{e.strerror or e}")
+                self.error(f"Cannot save the settings to {service.path}: {e.strerror or e}")
 
         self.spawn(run(), what="saving the settings")
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Coroutine
+import os
+import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import shiboken6
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QProcess, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,6 +32,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -46,7 +49,7 @@ from nbdesk.core.secrets import (
     SecretStore,
     redact,
 )
-from nbdesk.core.settings import CONCURRENCY_RANGE, Settings, save_settings, validate_base_url
+from nbdesk.core.settings import CONCURRENCY_RANGE, Settings, validate_base_url
 from nbdesk.ui.controller import Controller
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,15 @@ log = logging.getLogger(__name__)
 CHECKING = "Checking the keychain…"
 _ERROR_STYLE = "color: #c0392b;"
 _OK_STYLE = "color: #2e7d32;"
+RESTART_TEXT = "The library folder changes when nbdesk restarts."
+RESTART_NOW = "Restart now"
+LATER = "Later"
+
+
+def restart_command() -> tuple[str, list[str]]:
+    """This process's command line (the interpreter's options and ``-m nbdesk``
+    included; a bundle's own executable), to start nbdesk again the same way."""
+    return sys.executable, list(sys.orig_argv[1:])
 
 
 def no_keychain_text(caps: ProviderCaps) -> str:
@@ -78,13 +90,18 @@ class SettingsDialog(QDialog):
 
     settingsSaved = Signal(object)  # the new Settings
     keysChanged = Signal(str)  # provider id whose stored key was saved or removed
+    restarting = Signal()  # nbdesk was started again; the window closes next
 
     def __init__(
         self, controller: Controller, parent: QWidget | None = None, *,
         secrets: SecretStore | None = None,
+        restart_command: Callable[[], tuple[str, list[str]]] = restart_command,
     ) -> None:
         super().__init__(parent)
         self.controller = controller
+        self._restart_command = restart_command
+        #: "The library folder changes when nbdesk restarts — Restart now / Later"
+        self.restart_offer: QMessageBox | None = None
         self.secrets = secrets if secrets is not None else controller.rt.secrets
         self._busy = 0  # keychain calls running
         self._backend = ""  # the keychain's name once known; "none" without one
@@ -152,12 +169,13 @@ class SettingsDialog(QDialog):
         self.concurrency = QSpinBox()
         self.concurrency.setRange(*CONCURRENCY_RANGE)
         self.concurrency.setValue(settings.concurrency)
-        self.concurrency.setToolTip("How many jobs run at once")
+        self.concurrency.setToolTip("How many jobs of each provider run at once; a change "
+                                    "applies at once, to the jobs already queued too")
         form.addRow("Jobs at once:", self.concurrency)
         self.library_dir = QLineEdit(settings.library_dir or "")
         self.library_dir.setPlaceholderText(f"default: {controller.rt.paths.root}")
         self.library_dir.setToolTip("Where the images and the database live; an absolute "
-                                    "folder path. Takes effect at the next start.")
+                                    "folder path. nbdesk offers to restart when it changes.")
         browse = QPushButton("Choose…")
         browse.clicked.connect(self.choose_library_dir)
         folder_row = QHBoxLayout()
@@ -385,6 +403,11 @@ class SettingsDialog(QDialog):
 
     def collect(self) -> Settings:
         """The settings the form describes; ValueError with a user-facing message."""
+        return self.controller.rt.settings_service.check(**self._changes())
+
+    def _changes(self) -> dict[str, Any]:
+        """The form's settings (only those it shows); ValueError with a user-facing
+        message."""
         base_urls: dict[str, str] = {}
         for pid, edit in self.base_urls.items():
             text = edit.text().strip()
@@ -397,7 +420,7 @@ class SettingsDialog(QDialog):
         folder = self.library_dir.text().strip() or None
         if folder is not None and not Path(folder).expanduser().is_absolute():
             raise ValueError(f"Library folder: {folder!r} is not an absolute folder path.")
-        return self.controller.rt.settings.replace(
+        return dict(
             base_urls=base_urls,
             concurrency=self.concurrency.value(),
             library_dir=folder,
@@ -409,38 +432,74 @@ class SettingsDialog(QDialog):
 
     def save_settings(self) -> None:
         try:
-            new = self.collect()
+            changes = self._changes()
+            self.collect()  # every value checked before anything is written
         except ValueError as e:
             self._say(str(e), error=True)
             return
         self.save_button.setEnabled(False)
-        self._spawn(self._save_settings(new), "saving the settings")
+        self._spawn(self._save_settings(changes), "saving the settings")
 
-    async def _save_settings(self, new: Settings) -> None:
-        rt = self.controller.rt
+    async def _save_settings(self, changes: dict[str, Any]) -> None:
+        # The service writes the file (off this thread) and then tells the connector
+        # (new base URLs) and the engine (jobs at once, at once) of the change.
+        service = self.controller.rt.settings_service
+        old = service.current
         try:
-            await asyncio.to_thread(save_settings, rt.paths.settings_file, new, force=True)
+            new = await asyncio.to_thread(functools.partial(service.update, force=True,
+                                                            **changes))
         except OSError as e:
             if shiboken6.isValid(self):
                 self.save_button.setEnabled(True)
-            self._say(f"Cannot write {rt.paths.settings_file}: {e.strerror or e}", error=True)
+            self._say(f"Cannot write {service.path}: {e.strerror or e}", error=True)
             return
-        old, rt.settings = rt.settings, new
-        # The connector builds clients from its settings: new base URLs apply to new jobs.
-        connector = self.controller.engine.connector
-        connector.settings = new
-        for pid in PROVIDERS:
-            if old.base_urls.get(pid) != new.base_urls.get(pid):
-                connector.forget(pid)
-        notes = []
-        if old.library_dir != new.library_dir:
-            notes.append("the library folder takes effect at the next start")
-        if old.concurrency != new.concurrency:
-            notes.append("the number of jobs at once applies to new jobs")
         self.settingsSaved.emit(new)
-        if shiboken6.isValid(self):
-            self.save_button.setEnabled(True)
-        self._say("Settings saved" + (f" ({'; '.join(notes)})." if notes else "."), ok=True)
+        if not shiboken6.isValid(self):
+            return
+        self.save_button.setEnabled(True)
+        folder_changed = old.library_dir != new.library_dir
+        self._say(f"Settings saved. {RESTART_TEXT}" if folder_changed else "Settings saved.",
+                  ok=True)
+        if folder_changed:
+            self._offer_restart()
+
+    def _offer_restart(self) -> None:
+        """Ask, without blocking: restart now on the new library folder, or later."""
+        if self.restart_offer is not None:
+            return
+        box = QMessageBox(QMessageBox.Icon.Information, "Library folder", RESTART_TEXT,
+                          QMessageBox.StandardButton.NoButton, self)
+        box.setInformativeText("Jobs still running carry on at the next start with "
+                               "the library they belong to.")
+        box.addButton(RESTART_NOW, QMessageBox.ButtonRole.AcceptRole)
+        later = box.addButton(LATER, QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(later)
+        box.finished.connect(functools.partial(self._restart_answered, box))
+        self.restart_offer = box
+        box.open()
+
+    def _restart_answered(self, box: QMessageBox, _result: int) -> None:
+        self.restart_offer = None
+        clicked = box.clickedButton()
+        box.deleteLater()
+        if clicked is not None and clicked.text() == RESTART_NOW:
+            self.restart()
+
+    def restart(self) -> None:
+        """Start nbdesk again (its command line, detached), then close the window as
+        its close button does: the engine stops in order and the new process opens the
+        new library folder."""
+        program, arguments = self._restart_command()
+        started, _pid = QProcess.startDetached(program, arguments, os.getcwd())
+        if not started:
+            self._say("Could not start nbdesk again: close it and start it yourself to "
+                      "use the new library folder.", error=True)
+            return
+        self.restarting.emit()
+        window = self.parentWidget()
+        self.close()
+        if window is not None:
+            window.close()
 
     def choose_library_dir(self) -> None:
         if self._folder_dialog is None:

@@ -589,7 +589,7 @@ async def test_references_go_without_their_location_unless_the_user_keeps_it(
     spec = JobSpec(provider="apiframe", model="nano-banana", prompt="like this",
                    refs=(str(ref),))
     engine = engine_env.engine()
-    engine.connector.settings = engine.connector.settings.replace(keep_reference_metadata=keep)
+    engine.connector.settings_service.update(keep_reference_metadata=keep)
     try:
         await engine.start()
         (job,) = await engine.enqueue(spec)

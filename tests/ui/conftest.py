@@ -103,7 +103,7 @@ class UiEnv:
         self.rt = Runtime.open(self.env)
         self.http = make_client(timeout=10.0)
         self.connector = Connector(
-            self.http, self.rt.secrets, self.rt.settings, env=self.env,
+            self.http, self.rt.secrets, self.rt.settings_service, env=self.env,
             policy_factory=lambda: RetryPolicy(base=0.01, cap=0.05, rng=random.Random(1)),
             demo_config=SimConfig(queue_seconds=0.05, job_seconds=0.3),
         )

@@ -401,7 +401,7 @@ def test_no_key_without_the_demo_fallback_keeps_the_provider_with_a_hint(
     qtbot: QtBot, ui_env: UiEnv
 ) -> None:
     ui_env.rt.secrets = SecretStore(environ={}, backend=EmptyKeyring())
-    ui_env.rt.settings = ui_env.rt.settings.replace(demo_when_no_key=False)
+    ui_env.rt.settings_service.update(save=False, demo_when_no_key=False)
     c = Composer(ui_env.controller)
     qtbot.addWidget(c)
     qtbot.waitUntil(lambda: "No API key for Apiframe" in c.hint_text())

@@ -4,6 +4,7 @@ waits on the keychain, settings are validated before anything is written."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -14,11 +15,18 @@ import keyring.errors
 import pytest
 from keyring.backends import fail
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QAbstractButton, QWidget
 from pytestqt.qtbot import QtBot
 
 from nbdesk.core.secrets import SERVICE, SecretStore
 from nbdesk.core.settings import load_settings
-from nbdesk.ui.settings_dialog import CHECKING, SettingsDialog
+from nbdesk.ui.settings_dialog import (
+    CHECKING,
+    LATER,
+    RESTART_NOW,
+    RESTART_TEXT,
+    SettingsDialog,
+)
 from tests.keychain import SecretServiceEnv
 from tests.ui.conftest import UiEnv
 
@@ -89,6 +97,13 @@ def make(qtbot: QtBot, ui_env: UiEnv, secrets: SecretStore) -> SettingsDialog:
     dialog = SettingsDialog(ui_env.controller, secrets=secrets)
     qtbot.addWidget(dialog)
     return dialog
+
+
+def offer_button(dialog: SettingsDialog, text: str) -> QAbstractButton:
+    box = dialog.restart_offer
+    assert box is not None and box.isVisible()
+    (button,) = [b for b in box.buttons() if b.text() == text]
+    return button
 
 
 def settled(qtbot: QtBot, dialog: SettingsDialog) -> None:
@@ -271,10 +286,14 @@ def test_settings_are_validated_then_saved_off_thread(
     assert new.library_dir == str(library)
     assert new.poll_interval == 0.2  # untouched settings are kept
     assert load_settings(path) == new
-    assert ui_env.rt.settings == new and ui_env.connector.settings == new
-    assert dialog.message_text().startswith("Settings saved")
-    assert "next start" in dialog.message_text()
+    # one settings, read by all: the runtime, the connector, and the engine at once
+    assert ui_env.rt.settings is new and ui_env.connector.settings is new
+    assert ui_env.engine.config.concurrency == 7
+    assert dialog.message_text() == f"Settings saved. {RESTART_TEXT}"
     assert dialog.save_button.isEnabled()
+    assert dialog.restart_offer is not None  # the library folder: restart now or later
+    with qtbot.waitSignal(dialog.restart_offer.finished, timeout=5000):
+        offer_button(dialog, LATER).click()
 
 
 @pytest.mark.qt_log_ignore("does not support propagateSizeHints")
@@ -296,3 +315,75 @@ def test_return_in_a_field_presses_no_button(
     assert dialog.isVisible() and not dialog.busy() and saved == []
     assert dialog.message_text() == ""  # no button was pressed at all
     assert backend.store == {(SERVICE, "apiframe"): "frame-key-1111"}
+
+
+def test_jobs_at_once_applies_at_once_and_says_nothing_of_new_jobs(
+    qtbot: QtBot, ui_env: UiEnv
+) -> None:
+    dialog = make(qtbot, ui_env, SecretStore(environ={}, backend=MemoryKeyring()))
+    settled(qtbot, dialog)
+    limit = ui_env.engine.slots("apiframe")
+    assert limit.limit == 4
+    dialog.concurrency.setValue(2)
+    with qtbot.waitSignal(dialog.settingsSaved, timeout=5000):
+        dialog.save_button.click()
+    assert dialog.message_text() == "Settings saved."
+    assert dialog.restart_offer is None  # nothing waits for a restart
+    assert limit.limit == 2 and ui_env.engine.config.concurrency == 2
+
+
+def test_a_new_library_folder_offers_a_restart_and_later_starts_nothing(
+    qtbot: QtBot, ui_env: UiEnv, tmp_path: Path
+) -> None:
+    started: list[object] = []
+
+    def command() -> tuple[str, list[str]]:
+        started.append("asked")
+        raise AssertionError("Later must start nothing")
+
+    window = QWidget()
+    qtbot.addWidget(window)
+    window.show()
+    dialog = SettingsDialog(ui_env.controller, window,
+                            secrets=SecretStore(environ={}, backend=MemoryKeyring()),
+                            restart_command=command)
+    dialog.open()
+    settled(qtbot, dialog)
+    dialog.library_dir.setText(str(tmp_path / "new library"))
+    with qtbot.waitSignal(dialog.settingsSaved, timeout=5000):
+        dialog.save_button.click()
+    box = dialog.restart_offer
+    assert box is not None and box.isVisible()
+    assert box.text() == RESTART_TEXT
+    assert sorted(b.text() for b in box.buttons()) == sorted([RESTART_NOW, LATER])
+    with qtbot.waitSignal(box.finished, timeout=5000):
+        offer_button(dialog, LATER).click()
+    assert dialog.restart_offer is None and started == []
+    assert window.isVisible() and dialog.isVisible()
+    assert load_settings(ui_env.rt.paths.settings_file).library_dir == str(
+        tmp_path / "new library")
+
+
+def test_restart_now_starts_nbdesk_again_and_closes_the_window(
+    qtbot: QtBot, ui_env: UiEnv, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started-again"
+    # The same command line in the app; here a process that proves it was started.
+    program = (sys.executable, ["-c", f"open({str(marker)!r}, 'w').close()"])
+    window = QWidget()
+    qtbot.addWidget(window)
+    window.show()
+    dialog = SettingsDialog(ui_env.controller, window,
+                            secrets=SecretStore(environ={}, backend=MemoryKeyring()),
+                            restart_command=lambda: program)
+    dialog.open()
+    settled(qtbot, dialog)
+    dialog.library_dir.setText(str(tmp_path / "new library"))
+    with qtbot.waitSignal(dialog.settingsSaved, timeout=5000):
+        dialog.save_button.click()
+    assert dialog.restart_offer is not None
+    with qtbot.waitSignal(dialog.restarting, timeout=5000):
+        offer_button(dialog, RESTART_NOW).click()
+    qtbot.waitUntil(marker.exists, timeout=10_000)
+    assert not window.isVisible() and not dialog.isVisible()
+
