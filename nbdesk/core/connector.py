@@ -17,7 +17,8 @@ from nbdesk.api.apifree import ApifreeProvider
 from nbdesk.api.base import AnyProvider
 from nbdesk.api.capabilities import PROVIDERS, ProviderCaps
 from nbdesk.api.gemini import GeminiProvider
-from nbdesk.api.http import RetryPolicy, check_base_url
+from nbdesk.api.http import RetryPolicy
+from nbdesk.api.urls import check_base_url
 from nbdesk.core.secrets import KeychainError, SecretStore, register_env_keys
 from nbdesk.core.settings import Settings
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 import uuid
@@ -81,6 +80,7 @@ from nbdesk.core.library import (
     sha256_file,
     sha256_hex,
 )
+from nbdesk.core.paths import write_synced
 from nbdesk.core.refs import RefRecord
 from nbdesk.core.secrets import scrub
 
@@ -905,16 +905,7 @@ class Engine:
             return
         held = self._held.get(job_id)
         if held is not None and idx < len(held):
-            tmp = dest.with_suffix(".part")
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(held[idx])
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, dest)
-            except OSError:
-                tmp.unlink(missing_ok=True)
-                raise
+            write_synced(dest, held[idx])
 
     async def _store_answer(self, job: Job) -> Job:
         """Place the images a synchronous answer brought (kept on disk) into the library."""

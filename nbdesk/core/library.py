@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbdesk.core.failpoints import failpoint
-from nbdesk.core.paths import PRIVATE_FILE, Paths, private_mkdir
+from nbdesk.core.paths import PRIVATE_FILE, Paths, fsync_dir, private_mkdir, write_synced
 from nbdesk.core.refs import RefRecord
 
 if TYPE_CHECKING:  # the job classes load with the first job read or written: the
@@ -469,15 +469,6 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
 
 
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def sha256_hex(data: bytes) -> str:
     import hashlib  # (here: OpenSSL takes ~10 ms to load, and the window opens its
     # library before anything is hashed)
@@ -890,23 +881,15 @@ class Library:
 
         digests: list[str] = []
         for idx, data in enumerate(images):
-            path = self.answer_path(job_id, idx)
-            tmp = path.with_suffix(".part")
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
+                write_synced(self.answer_path(job_id, idx), data)
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 try:
                     answers.spill(job_id, idx, data)
                 except OSError:
                     raise exc from None
             digests.append(sha256_hex(data))
-        with contextlib.suppress(OSError):
-            fsync_dir(self.paths.tmp)
+        fsync_dir(self.paths.tmp)
         return digests
 
     def clear_answer(self, job_id: str) -> None:
