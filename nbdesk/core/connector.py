@@ -98,10 +98,6 @@ class Connector:
         else:  # made at first use meanwhile
             await client.aclose()
 
-    @property
-    def demo_simulator(self) -> Simulator | None:
-        return self._demo
-
     async def provider(self, provider_id: str, demo: bool = False) -> AnyProvider:
         """The client for a provider (cached); raises ConfigError with a clear message."""
         async with self._lock:

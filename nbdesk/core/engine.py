@@ -1101,6 +1101,3 @@ class Engine:
             return await self._fail(job, f"cannot write the library database: {exc}", "storage")
         self._emit(done)
         return done
-
-    def image_paths(self, job: Job) -> list[Path]:
-        return [i.path for i in self.library.items_for_job(job.id)]

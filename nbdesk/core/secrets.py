@@ -527,12 +527,6 @@ class SecretStore:
     async def abackend_name(self) -> str:
         return await self._arun(self._name_fn(), "name")
 
-    async def aavailable(self) -> bool:
-        try:
-            return await self._arun(self._available_fn(), "available")
-        except KeychainTimeout:
-            return False
-
 
 __all__ = [
     "SERVICE",
