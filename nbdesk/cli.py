@@ -452,7 +452,7 @@ def _keys(args: argparse.Namespace, rt: Runtime) -> int:
     key = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.readline()
     try:
         store.set(args.provider, key.strip())
-    except ValueError as exc:
+    except InputError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     print(f"stored the {caps.label} key in {store.backend_name()}")
     return EXIT_OK

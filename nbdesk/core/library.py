@@ -143,6 +143,18 @@ class LibraryError(Exception):
     """The library cannot be opened or written; ``str()`` is user-facing."""
 
 
+class NotFound(LibraryError, KeyError):
+    """No such job or image (removed meanwhile, by another window or the CLI). A
+    KeyError too, for the callers that ask whether one exists."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+    def __str__(self) -> str:  # (KeyError's would quote it)
+        return f"{self.what} is no longer in the library"
+
+
 class UnsafePath(LibraryError):
     """A path the library was asked to read, move or delete is not inside its folder
     (a damaged or crafted database row): refused, never followed."""
@@ -718,7 +730,7 @@ class Library:
     def job(self, job_id: str) -> Job:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
-            raise KeyError(job_id)
+            raise NotFound(f"job {job_id}")
         return _job(rows[0])
 
     def find_job(self, prefix: str) -> Job:
@@ -731,7 +743,7 @@ class Library:
         if exact:
             return _job(exact[0])
         if len(rows) != 1 or len(prefix) < 4:
-            raise KeyError(prefix)
+            raise NotFound(f"a job {prefix!r}")
         return _job(rows[0])
 
     def jobs(
@@ -1014,11 +1026,11 @@ class Library:
         return self._items(rows)
 
     def item(self, item_id: int) -> Item:
-        """Raises KeyError (no such item) or UnsafePath (its row names a file outside
+        """Raises NotFound (a KeyError: no such item) or UnsafePath (its row names a file outside
         the library)."""
         rows = self._query("SELECT * FROM items WHERE id = ?", (item_id,))
         if not rows:
-            raise KeyError(item_id)
+            raise NotFound(f"image #{item_id}")
         return self._item(rows[0])
 
     def item_for_path(self, path: Path) -> Item | None:
