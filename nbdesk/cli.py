@@ -20,7 +20,16 @@ from nbdesk.api.base import InputError
 from nbdesk.api.capabilities import DEMO, DEMO_PROVIDER, FORMATS, PROVIDERS, RESOLUTIONS
 from nbdesk.core.connector import ConfigError
 from nbdesk.core.engine import Engine
-from nbdesk.core.jobs import MAX_COUNT, RETRYABLE, Job, JobParams, JobSpec, JobState, RetryPlan
+from nbdesk.core.jobs import (
+    MAX_COUNT,
+    RETRYABLE,
+    ErrorKind,
+    Job,
+    JobParams,
+    JobSpec,
+    JobState,
+    RetryPlan,
+)
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime, setup_logging
 from nbdesk.core.secrets import KeychainError, RedactingFilter, redact, scrub
@@ -193,7 +202,7 @@ def _short(text: str, n: int) -> str:
 
 
 def _exit_code(jobs: Sequence[Job]) -> int:
-    if any(j.error_kind in ("auth", "config") for j in jobs):
+    if any(j.error_kind in (ErrorKind.AUTH, ErrorKind.CONFIG) for j in jobs):
         return EXIT_CONFIG
     if all(j.state is JobState.COMPLETED for j in jobs):
         return EXIT_OK
@@ -443,7 +452,7 @@ def _keys(args: argparse.Namespace, rt: Runtime) -> int:
     key = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.readline()
     try:
         store.set(args.provider, key.strip())
-    except ValueError as exc:
+    except InputError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     print(f"stored the {caps.label} key in {store.backend_name()}")
     return EXIT_OK

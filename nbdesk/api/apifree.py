@@ -25,6 +25,7 @@ from nbdesk.api.base import (
     SubmitResult,
     TransientError,
     UnansweredSubmitError,
+    sent_once,
 )
 from nbdesk.api.capabilities import APIFREE
 from nbdesk.api.http import parse_json, raise_for_status, send, with_retries
@@ -126,23 +127,11 @@ class ApifreeProvider(HttpProvider):
         url = f"{self.base_url}/v1/image/submit"
 
         async def once() -> SubmitResult:
-            try:
+            with sent_once("the submit", "accepted"):
                 response = await send(
                     self._client, "POST", url, "submit", json=body, headers=self._headers()
                 )
                 request_id = self.parse_submit(unwrap(response, "submit"))
-            except TransientError as exc:
-                if not exc.sent:
-                    raise  # provably not taken on: safe to retry
-                raise UnansweredSubmitError(
-                    f"the submit was sent but not answered ({exc.message}); it may or may "
-                    "not have been accepted, so it is not repeated automatically"
-                ) from None
-            except ProtocolError as exc:
-                raise UnansweredSubmitError(
-                    f"the provider's answer to the submit was unreadable ({exc.message}); "
-                    "it may or may not have been accepted, so it is not repeated automatically"
-                ) from None
             if request_id is None:
                 raise UnansweredSubmitError(
                     "the provider's answer to the submit has no request_id; it is not "

@@ -14,8 +14,9 @@ Errors are split by what the caller should do about them:
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeGuard
 
@@ -82,6 +83,29 @@ class ProtocolError(ApiError):
 
 class UnansweredSubmitError(ApiError):
     kind = "unanswered"
+
+
+@contextlib.contextmanager
+def sent_once(call: str, risk: str) -> Iterator[None]:
+    """The one rule for a call that must not be repeated once it may have reached the
+    provider (a submit without an idempotency key, a billed synchronous call): a
+    transient failure that provably never left is raised as it is (safe to retry); one
+    that was sent, or an unreadable answer, becomes UnansweredSubmitError. ``call`` names
+    the call ("the submit"), ``risk`` what may have happened ("accepted", "billed")."""
+    try:
+        yield
+    except TransientError as exc:
+        if not exc.sent:
+            raise  # provably not taken on: safe to retry
+        raise UnansweredSubmitError(
+            f"{call} was sent but not answered ({exc.message}); it may or may not have "
+            f"been {risk}, so it is not repeated automatically"
+        ) from None
+    except ProtocolError as exc:
+        raise UnansweredSubmitError(
+            f"the provider's answer to {call} was unreadable ({exc.message}); it may or "
+            f"may not have been {risk}, so it is not repeated automatically"
+        ) from None
 
 
 class RemoteState(enum.Enum):

@@ -33,9 +33,8 @@ from nbdesk.api.base import (
     ProtocolError,
     ProviderFailedError,
     RateLimitedError,
-    TransientError,
     Turn,
-    UnansweredSubmitError,
+    sent_once,
 )
 from nbdesk.api.capabilities import GEMINI, ModelCaps
 from nbdesk.api.http import error_message, raise_for_status, send, with_retries
@@ -290,7 +289,7 @@ class GeminiProvider(HttpProvider):
         resolution = request.resolution or model.default_resolution
 
         async def once() -> Answer:
-            try:
+            with sent_once("the call", "billed"):
                 response = await send(
                     self._client, "POST", url, "generate", content=content, headers=headers,
                     timeout=timeout, max_bytes=self.caps.max_answer_bytes,
@@ -299,19 +298,7 @@ class GeminiProvider(HttpProvider):
                 answer: Answer = await asyncio.to_thread(
                     parse_answer, response.content, model, resolution
                 )
-                return answer
-            except TransientError as exc:
-                if not exc.sent:
-                    raise  # provably not taken on: safe to retry
-                raise UnansweredSubmitError(
-                    f"the call was sent but not answered ({exc.message}); it may or may not "
-                    "have been billed, so it is not repeated automatically"
-                ) from None
-            except ProtocolError as exc:
-                raise UnansweredSubmitError(
-                    f"the provider's answer was unreadable ({exc.message}); it may have been "
-                    "billed, so it is not repeated automatically"
-                ) from None
+            return answer
 
         result: Answer = await with_retries(once, self.policy, retry_unsent_only=True)
         return result

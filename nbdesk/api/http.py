@@ -41,8 +41,6 @@ from nbdesk.api.base import (
     TransientError,
 )
 from nbdesk.api.urls import KIND_NAMES, address_kind, literal_kind
-from nbdesk.api.urls import LOOPBACK_HOSTS as LOOPBACK_HOSTS  # re-exported: the one rule
-from nbdesk.api.urls import check_base_url as check_base_url
 
 if TYPE_CHECKING:
     import httpx

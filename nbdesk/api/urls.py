@@ -1,7 +1,7 @@
 """The rules for the addresses nbdesk talks to: a provider's base URL, and what kind of
 host an address is (the internet, or this computer, the LAN, a link-local or special one).
 
-Kept apart from ``nbdesk.api.http`` (which re-exports them) because Settings checks base
+Kept apart from ``nbdesk.api.http`` because Settings checks base
 URLs while the window is still drawing, before asyncio and the HTTP client load.
 """
 

@@ -17,7 +17,8 @@ from nbdesk.api.apifree import ApifreeProvider
 from nbdesk.api.base import AnyProvider
 from nbdesk.api.capabilities import PROVIDERS, ProviderCaps
 from nbdesk.api.gemini import GeminiProvider
-from nbdesk.api.http import RetryPolicy, check_base_url
+from nbdesk.api.http import RetryPolicy
+from nbdesk.api.urls import check_base_url
 from nbdesk.core.secrets import KeychainError, SecretStore, register_env_keys
 from nbdesk.core.settings import Settings
 from nbdesk.core.settings_service import SettingsService
@@ -112,10 +113,6 @@ class Connector:
             self._http = client
         else:  # made at first use meanwhile
             await client.aclose()
-
-    @property
-    def demo_simulator(self) -> Simulator | None:
-        return self._demo
 
     async def provider(self, provider_id: str, demo: bool = False) -> AnyProvider:
         """The client for a provider (cached); raises ConfigError with a clear message."""

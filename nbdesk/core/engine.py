@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 import uuid
@@ -66,6 +65,7 @@ from nbdesk.core.jobs import (
     MAX_COUNT,
     OFFLINE_NOTE,
     RETRYABLE,
+    ErrorKind,
     Job,
     JobSpec,
     JobState,
@@ -81,6 +81,7 @@ from nbdesk.core.library import (
     sha256_file,
     sha256_hex,
 )
+from nbdesk.core.paths import write_synced
 from nbdesk.core.refs import RefRecord
 from nbdesk.core.secrets import scrub
 from nbdesk.core.settings import Settings
@@ -500,7 +501,7 @@ class Engine:
             else:
                 failed = await self._fail(
                     claimed, "the image of the answer was lost before it was stored; "
-                    "Retry makes a new paid call", "lost")
+                    "Retry makes a new paid call", ErrorKind.LOST)
                 await self.db(self.library.release, self.owner, job_id)
                 return failed
         elif plan is RetryPlan.CONTINUE:
@@ -566,7 +567,7 @@ class Engine:
                     provider = await self.connector.provider(job.provider, job.demo)
                 except ConfigError as exc:
                     if job.state is JobState.QUEUED:
-                        await self._fail(job, str(exc), "config")  # nothing sent or paid
+                        await self._fail(job, str(exc), ErrorKind.CONFIG)  # nothing sent or paid
                     else:
                         # Sent (maybe paid) already: keep its state; it goes on once the
                         # key is back, polled, never resubmitted.
@@ -595,7 +596,8 @@ class Engine:
             with contextlib.suppress(Exception):
                 # (_fail keeps the remote id: a retry then continues the job, never pays)
                 job = await self.db(self.library.job, job_id)
-                await self._fail(job, f"internal error: {type(exc).__name__}: {exc}", "internal")
+                await self._fail(job, f"internal error: {type(exc).__name__}: {exc}",
+                                 ErrorKind.INTERNAL)
         finally:
             self._tasks.pop(job_id, None)
             self._deadlines.pop(job_id, None)
@@ -645,10 +647,10 @@ class Engine:
             minutes = self.config.job_timeout / 60
             return await self._fail(
                 job, f"the provider did not answer the submit within {minutes:.0f} min",
-                "timeout")
-        return await self._fail(job, self._timeout_message(job), "timeout")
+                ErrorKind.TIMEOUT)
+        return await self._fail(job, self._timeout_message(job), ErrorKind.TIMEOUT)
 
-    async def _fail(self, job: Job, message: str, kind: str) -> Job:
+    async def _fail(self, job: Job, message: str, kind: ErrorKind) -> Job:
         return await self._update(
             job, state=JobState.FAILED, error=message, error_kind=kind, note=None,
             finished_at=time.time(),
@@ -661,7 +663,7 @@ class Engine:
             try:
                 request = await asyncio.to_thread(self._request, job)
             except InputError as exc:
-                return await self._fail(job, exc.message, exc.kind)
+                return await self._fail(job, exc.message, ErrorKind(exc.kind))
             job = await self._update(
                 job, state=JobState.SUBMITTING, submit_attempts=job.submit_attempts + 1,
                 note=None,
@@ -685,7 +687,7 @@ class Engine:
             try:
                 request = await asyncio.to_thread(self._request, job)
             except InputError as exc:
-                return await self._fail(job, exc.message, exc.kind)
+                return await self._fail(job, exc.message, ErrorKind(exc.kind))
             return await self._submit(job, remote, request)
         if state in (JobState.SUBMITTED, JobState.RUNNING):
             return await self._poll(job, remote)
@@ -770,7 +772,7 @@ class Engine:
         label = PROVIDERS[job.provider].label
         return await self._update(
             job, state=JobState.INTERRUPTED, error=INTERRUPTED_MESSAGE.format(label=label),
-            error_kind="unanswered", finished_at=time.time(), note=None,
+            error_kind=ErrorKind.UNANSWERED, finished_at=time.time(), note=None,
         )
 
     async def _wait_out(self, job: Job, exc: ApiError, attempt: int,
@@ -851,8 +853,8 @@ class Engine:
                                  "paid twice" if idempotent else "nothing was sent")
                         return await self._fail(
                             job, f"offline: the provider could not be reached within "
-                            f"{minutes:.0f} min ({exc.message}); {after}", "offline")
-                    return await self._fail(job, f"gave up: {exc.message}", exc.kind)
+                            f"{minutes:.0f} min ({exc.message}); {after}", ErrorKind.OFFLINE)
+                    return await self._fail(job, f"gave up: {exc.message}", ErrorKind(exc.kind))
                 if job.state is JobState.QUEUED:
                     await self._running.wait()
                     # (offline, the note stays until an answer comes: the window says it
@@ -862,7 +864,7 @@ class Engine:
                         note=job.note if exc.offline else None)
                 continue
             except ApiError as exc:
-                return await self._fail(job, exc.message, exc.kind)
+                return await self._fail(job, exc.message, ErrorKind(exc.kind))
 
     @contextlib.contextmanager
     def _landing(self, job_id: str, *, unsafe: bool) -> Iterator[None]:
@@ -949,16 +951,7 @@ class Engine:
             return
         held = self._held.get(job_id)
         if held is not None and idx < len(held):
-            tmp = dest.with_suffix(".part")
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(held[idx])
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, dest)
-            except OSError:
-                tmp.unlink(missing_ok=True)
-                raise
+            write_synced(dest, held[idx])
 
     async def _store_answer(self, job: Job) -> Job:
         """Place the images a synchronous answer brought (kept on disk) into the library."""
@@ -982,7 +975,7 @@ class Engine:
                     if placed is None:
                         return await self._fail(
                             job, "the image of the answer was lost before it was stored; "
-                            "Retry makes a new paid call", "lost",
+                            "Retry makes a new paid call", ErrorKind.LOST,
                         )
                     info = await asyncio.to_thread(probe_file, placed)
                     image = StoredImage(
@@ -993,7 +986,7 @@ class Engine:
             except ImageCheckError as exc:
                 await asyncio.to_thread(src.unlink, missing_ok=True)
                 return await self._fail(
-                    job, f"the provider's answer holds no usable image: {exc}", "bad_image")
+                    job, f"the provider's answer holds no usable image: {exc}", ErrorKind.BAD_IMAGE)
             except OSError as exc:
                 return await self._storage_failed(job, exc)
         done = await self._complete(job, stored)
@@ -1027,13 +1020,13 @@ class Engine:
                 job, result = await self._poll_once(job, provider)
             except ApiError as exc:
                 if self._time_left(job.id) <= 0:
-                    return await self._fail(job, self._timeout_message(job), "timeout")
-                return await self._fail(job, exc.message, exc.kind)
+                    return await self._fail(job, self._timeout_message(job), ErrorKind.TIMEOUT)
+                return await self._fail(job, exc.message, ErrorKind(exc.kind))
             if result is not None:
                 if result.state is RemoteState.COMPLETED:
                     too_many = self._too_many_images(job, result.urls)
                     if too_many:
-                        return await self._fail(job, too_many, "protocol")
+                        return await self._fail(job, too_many, ErrorKind.PROTOCOL)
                     return await self._update(
                         job, state=JobState.DOWNLOADING, result_urls=result.urls,
                         cost=result.cost, progress=100.0, note=None,
@@ -1041,7 +1034,7 @@ class Engine:
                 if result.state is RemoteState.FAILED:
                     return await self._update(
                         job, state=JobState.FAILED, error=result.error,
-                        error_kind="provider_failed", cost=result.cost,
+                        error_kind=ErrorKind.PROVIDER_FAILED, cost=result.cost,
                         finished_at=time.time(), note=None,
                     )
                 state = JobState.RUNNING if result.state is RemoteState.RUNNING else job.state
@@ -1049,7 +1042,7 @@ class Engine:
                     job = await self._update(job, state=state, progress=result.progress, note=None)
             left = self._time_left(job.id)
             if left <= 0:
-                return await self._fail(job, self._timeout_message(job), "timeout")
+                return await self._fail(job, self._timeout_message(job), ErrorKind.TIMEOUT)
             elapsed = time.monotonic() - started
             factor = self.config.slow_factor if elapsed > self.config.slow_after else 1.0
             await self._until_next_poll(job, factor)
@@ -1103,18 +1096,18 @@ class Engine:
                 try:
                     job, result = await self._poll_once(job, provider)
                 except ApiError as exc:
-                    return await self._fail(job, exc.message, "download")
+                    return await self._fail(job, exc.message, ErrorKind.DOWNLOAD)
             if result.state is RemoteState.FAILED:
                 return await self._fail(
                     job, result.error or "the provider reports the job as failed",
-                    "provider_failed",
+                    ErrorKind.PROVIDER_FAILED,
                 )
             if result.state is not RemoteState.COMPLETED:
                 return await self._update(job, state=JobState.RUNNING, progress=result.progress)
             urls = result.urls
             too_many = self._too_many_images(job, urls)
             if too_many:
-                return await self._fail(job, too_many, "protocol")
+                return await self._fail(job, too_many, ErrorKind.PROTOCOL)
             job = await self._update(job, result_urls=urls, cost=result.cost or job.cost)
         stored: list[StoredImage] = []
         max_bytes = PROVIDERS[job.provider].max_download_bytes
@@ -1137,20 +1130,22 @@ class Engine:
                 except TransientError as exc:
                     attempt += 1
                     if attempt >= self.config.max_download_attempts:
-                        return await self._fail(job, f"download failed: {exc.message}", "download")
+                        return await self._fail(
+                            job, f"download failed: {exc.message}", ErrorKind.DOWNLOAD)
                     try:
                         job = await self._wait_out(job, exc, attempt)
                     except TransientError:
-                        return await self._fail(job, self._timeout_message(job), "timeout")
+                        return await self._fail(job, self._timeout_message(job), ErrorKind.TIMEOUT)
                 except ImageCheckError as exc:
                     await asyncio.to_thread(tmp.unlink, missing_ok=True)
                     unusable += 1
                     if unusable >= 3:
                         return await self._fail(
-                            job, f"the provider's file is not a usable image: {exc}", "download"
+                            job, f"the provider's file is not a usable image: {exc}",
+                            ErrorKind.DOWNLOAD,
                         )
                 except ApiError as exc:
-                    return await self._fail(job, exc.message, "download")
+                    return await self._fail(job, exc.message, ErrorKind.DOWNLOAD)
                 except OSError as exc:
                     await asyncio.to_thread(tmp.unlink, missing_ok=True)
                     return await self._storage_failed(job, exc)
@@ -1160,16 +1155,14 @@ class Engine:
         """The image could not be written: paid already, so a retry downloads again."""
         return await self._fail(
             job, f"cannot write to the library ({exc.strerror or exc}); free some space or "
-            "fix the folder's permissions, then retry (no new payment)", "storage")
+            "fix the folder's permissions, then retry (no new payment)", ErrorKind.STORAGE)
 
     async def _complete(self, job: Job, stored: list[StoredImage]) -> Job:
         """Record the stored images and the job's completion in one transaction."""
         try:
             done = await self.db(self.library.complete_job, job, self.owner, stored, job.cost)
         except (OSError, sqlite3.OperationalError) as exc:
-            return await self._fail(job, f"cannot write the library database: {exc}", "storage")
+            return await self._fail(
+                job, f"cannot write the library database: {exc}", ErrorKind.STORAGE)
         self._emit(done)
         return done
-
-    def image_paths(self, job: Job) -> list[Path]:
-        return [i.path for i in self.library.items_for_job(job.id)]

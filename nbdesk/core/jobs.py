@@ -52,9 +52,38 @@ MAX_COUNT = 16
 #: network is back, or fails as "offline" at the job timeout. The window says it once.
 OFFLINE_NOTE = "offline — waiting for the network"
 
+class ErrorKind(enum.StrEnum):
+    """Why a job failed (its ``error_kind``). A StrEnum: it is stored, printed as JSON and
+    compared as its plain text, so the database and the CLI's output keep their words.
+    The provider clients' ``ApiError.kind`` (``api/`` may not import ``core``) are the
+    first group: each has a member here (a test checks)."""
+
+    # What a provider call raised (nbdesk.api.base's ApiError subclasses).
+    ERROR = "error"  # ApiError itself: a provider error of no finer kind
+    BAD_INPUT = "bad_input"  # the request broke a rule of the model: nothing sent
+    AUTH = "auth"  # the key was refused
+    BAD_REQUEST = "bad_request"  # the provider refused the request as malformed
+    TRANSIENT = "transient"  # a failure worth trying again (retries ran out)
+    RATE_LIMITED = "rate_limited"
+    PROVIDER_FAILED = "provider_failed"  # the provider ran the job and failed it
+    PROTOCOL = "protocol"  # an answer nbdesk could not read
+    UNANSWERED = "unanswered"  # a submit that may or may not have been taken (and paid)
+    # What the engine decides.
+    CONFIG = "config"  # the provider cannot be used as set up (no key, bad base URL)
+    OFFLINE = "offline"  # the network stayed away until the job's time ran out
+    TIMEOUT = "timeout"  # the job's time ran out with the provider
+    LOST = "lost"  # the answer of a synchronous call was lost: only a new call helps
+    BAD_IMAGE = "bad_image"  # a synchronous answer held no usable image
+    DOWNLOAD = "download"  # the provider's image could not be fetched or was unusable
+    STORAGE = "storage"  # the library's folder or database could not be written
+    INTERNAL = "internal"  # a bug in nbdesk
+
 #: Failure kinds that prove a submit was refused or never left the machine: nothing was
 #: taken on, so sending it now is the job's first (and only) payment.
-NOT_SENT_KINDS = frozenset({"bad_input", "config", "auth", "bad_request", "offline"})
+NOT_SENT_KINDS = frozenset({
+    ErrorKind.BAD_INPUT, ErrorKind.CONFIG, ErrorKind.AUTH, ErrorKind.BAD_REQUEST,
+    ErrorKind.OFFLINE,
+})
 
 
 class RetryPlan(enum.StrEnum):
@@ -80,14 +109,14 @@ class RetryPlan(enum.StrEnum):
 def retry_plan(job: Job, *, synchronous: bool, idempotent: bool) -> RetryPlan:
     """How a retry of ``job`` goes (see RetryPlan); ``synchronous`` and ``idempotent``
     are the provider's (its capability table row)."""
-    if job.error_kind == "provider_failed":
+    if job.error_kind == ErrorKind.PROVIDER_FAILED:
         return RetryPlan.RESUBMIT  # the provider ran it and failed it: nothing to fetch
     if synchronous:
-        if job.result_urls and job.error_kind != "lost":
+        if job.result_urls and job.error_kind != ErrorKind.LOST:
             return RetryPlan.CONTINUE  # the answer is kept on disk
     elif job.remote_id:
         return RetryPlan.CONTINUE  # a remote id is never submitted again
-    if job.state is JobState.INTERRUPTED or job.error_kind == "lost":
+    if job.state is JobState.INTERRUPTED or job.error_kind == ErrorKind.LOST:
         return RetryPlan.RESUBMIT
     if job.submit_attempts == 0 or job.error_kind in NOT_SENT_KINDS:
         return RetryPlan.SUBMIT
@@ -166,6 +195,7 @@ class Job:
     progress: float | None = None
     cost: float | None = None
     error: str | None = None
+    #: An ErrorKind's text; a plain str so that a kind a newer nbdesk wrote still loads.
     error_kind: str | None = None
     note: str | None = None
     result_urls: tuple[str, ...] = ()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbdesk.core.failpoints import failpoint
-from nbdesk.core.paths import PRIVATE_FILE, Paths, private_mkdir
+from nbdesk.core.paths import PRIVATE_FILE, Paths, fsync_dir, private_mkdir, write_synced
 from nbdesk.core.refs import RefRecord
 
 if TYPE_CHECKING:  # the job classes load with the first job read or written: the
@@ -141,6 +141,18 @@ _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 class LibraryError(Exception):
     """The library cannot be opened or written; ``str()`` is user-facing."""
+
+
+class NotFound(LibraryError, KeyError):
+    """No such job or image (removed meanwhile, by another window or the CLI). A
+    KeyError too, for the callers that ask whether one exists."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+    def __str__(self) -> str:  # (KeyError's would quote it)
+        return f"{self.what} is no longer in the library"
 
 
 class UnsafePath(LibraryError):
@@ -469,15 +481,6 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
 
 
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def sha256_hex(data: bytes) -> str:
     import hashlib  # (here: OpenSSL takes ~10 ms to load, and the window opens its
     # library before anything is hashed)
@@ -727,7 +730,7 @@ class Library:
     def job(self, job_id: str) -> Job:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
-            raise KeyError(job_id)
+            raise NotFound(f"job {job_id}")
         return _job(rows[0])
 
     def find_job(self, prefix: str) -> Job:
@@ -740,7 +743,7 @@ class Library:
         if exact:
             return _job(exact[0])
         if len(rows) != 1 or len(prefix) < 4:
-            raise KeyError(prefix)
+            raise NotFound(f"a job {prefix!r}")
         return _job(rows[0])
 
     def jobs(
@@ -890,23 +893,15 @@ class Library:
 
         digests: list[str] = []
         for idx, data in enumerate(images):
-            path = self.answer_path(job_id, idx)
-            tmp = path.with_suffix(".part")
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
+                write_synced(self.answer_path(job_id, idx), data)
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 try:
                     answers.spill(job_id, idx, data)
                 except OSError:
                     raise exc from None
             digests.append(sha256_hex(data))
-        with contextlib.suppress(OSError):
-            fsync_dir(self.paths.tmp)
+        fsync_dir(self.paths.tmp)
         return digests
 
     def clear_answer(self, job_id: str) -> None:
@@ -1031,11 +1026,11 @@ class Library:
         return self._items(rows)
 
     def item(self, item_id: int) -> Item:
-        """Raises KeyError (no such item) or UnsafePath (its row names a file outside
+        """Raises NotFound (a KeyError: no such item) or UnsafePath (its row names a file outside
         the library)."""
         rows = self._query("SELECT * FROM items WHERE id = ?", (item_id,))
         if not rows:
-            raise KeyError(item_id)
+            raise NotFound(f"image #{item_id}")
         return self._item(rows[0])
 
     def item_for_path(self, path: Path) -> Item | None:

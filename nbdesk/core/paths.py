@@ -123,6 +123,34 @@ def private_mkdir(folder: Path) -> None:
         folder.mkdir(mode=PRIVATE_DIR)
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (POSIX); a no-op where a folder
+    cannot be opened or synced (Windows, some file systems): nothing to gain there."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_synced(dest: Path, data: bytes) -> None:
+    """Write ``data`` whole to ``dest`` via ``dest.part`` (fsynced, then renamed), so that
+    ``dest`` is either absent or complete; ``OSError`` leaves no ``.part`` behind."""
+    tmp = dest.with_suffix(".part")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def private_umask() -> int:
     """Make everything this process creates from now on private to its owner (files
     0o600, folders 0o700): the process's entry points call it first. Returns the

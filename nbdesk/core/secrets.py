@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from nbdesk.api import capabilities
+from nbdesk.api.base import InputError
 
 if TYPE_CHECKING:
     import keyring.backend
@@ -158,16 +159,16 @@ class RedactingFilter(logging.Filter):
 
 
 def validate_key(key: str) -> str:
-    """The key without surrounding whitespace; ``ValueError`` (without the key) if unusable."""
+    """The key without surrounding whitespace; ``InputError`` (without the key) if unusable."""
     key = key.strip()
     if not key:
-        raise ValueError("The API key is empty.")
+        raise InputError("The API key is empty.")
     if len(key) > MAX_KEY_LENGTH:
-        raise ValueError(
+        raise InputError(
             f"The API key is too long ({len(key)} characters, at most {MAX_KEY_LENGTH})."
         )
     if any(ch.isspace() or not ch.isprintable() for ch in key):
-        raise ValueError(
+        raise InputError(
             "The API key contains spaces or control characters; paste only the key itself."
         )
     return key
@@ -526,12 +527,6 @@ class SecretStore:
 
     async def abackend_name(self) -> str:
         return await self._arun(self._name_fn(), "name")
-
-    async def aavailable(self) -> bool:
-        try:
-            return await self._arun(self._available_fn(), "available")
-        except KeychainTimeout:
-            return False
 
 
 __all__ = [

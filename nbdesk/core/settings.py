@@ -29,7 +29,7 @@ from typing import Any
 
 from nbdesk.api import capabilities
 from nbdesk.api.urls import check_base_url
-from nbdesk.core.paths import private_mkdir
+from nbdesk.core.paths import fsync_dir, private_mkdir
 
 log = logging.getLogger(__name__)
 
@@ -361,20 +361,4 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); not possible (nor needed) on Windows."""
-    if os.name != "posix":
-        return
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)

@@ -1,4 +1,5 @@
-"""The loopback simulator of the Apiframe and APIFree APIs (demo mode, tests, benchmarks)."""
+"""The loopback simulator of the Apiframe, APIFree and Gemini APIs (demo mode, tests,
+benchmarks)."""
 
 from nbdesk.sim.server import (
     DEMO_KEY,

@@ -1064,16 +1064,3 @@ def run_standalone(port: int, config: SimConfig) -> None:
             signal.signal(signal.SIGTERM, previous)
         sys.stdout.flush()
 
-
-__all__ = [
-    "DEMO_KEY",
-    "FAULT_KINDS",
-    "ROUTES",
-    "Faults",
-    "ManualClock",
-    "SimConfig",
-    "SimJobRecord",
-    "SimStats",
-    "Simulator",
-    "run_standalone",
-]

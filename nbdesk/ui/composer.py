@@ -42,7 +42,7 @@ from nbdesk.core.jobs import MAX_COUNT, Job, JobParams, JobSpec
 from nbdesk.core.library import Item
 from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
 from nbdesk.core.settings import write_atomic
-from nbdesk.ui.controller import EXPECTED, Controller
+from nbdesk.ui.controller import Controller, is_expected
 from nbdesk.ui.references import ReferenceTray, normalize
 
 log = logging.getLogger(__name__)
@@ -650,10 +650,10 @@ class Composer(QWidget):
         exc = task.exception()
         if exc is not None:
             # The controller reports it on its message channel too.
-            if isinstance(exc, EXPECTED):
+            if is_expected(exc):
                 text = redact(str(exc), RedactingFilter.known())
             else:
-                text = f"Queueing failed: internal error ({type(exc).__name__}); see the log"
+                text = f"Queueing failed: internal error ({type(exc).__name__}); see the report"
             self._show(text, error=True)
             return
         jobs = task.result()

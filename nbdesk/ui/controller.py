@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -25,8 +26,20 @@ from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: errors a user can act on: shown as they are; anything else is a bug and logged
-EXPECTED = (ApiError, ConfigError, KeychainError, LibraryError, OSError, ValueError)
+#: The app's typed errors a user can act on (bad input, a refused key, a provider's
+#: failure, a library that cannot be written...): shown as their one-line message.
+EXPECTED = (ApiError, ConfigError, KeychainError, LibraryError)
+
+
+def is_expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is shown as an ordinary message. Besides EXPECTED, an OSError that
+    names a file (a full disk, a folder without permission, a file that went away): the
+    state of the user's computer, which a crash report would wrongly blame on nbdesk.
+    Anything else (a ValueError, KeyError, TypeError, an OSError about no file) is a bug
+    in nbdesk and goes to the crash handler."""
+    if isinstance(exc, EXPECTED):
+        return True
+    return isinstance(exc, OSError) and exc.filename is not None
 
 
 class Controller(QObject):
@@ -72,7 +85,8 @@ class Controller(QObject):
         self.libraryChanged.emit()
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, what: str) -> asyncio.Task[T]:
-        """Run a coroutine from a slot; a failure becomes one message, never a traceback."""
+        """Run a coroutine from a slot: an expected failure becomes one message (never a
+        traceback), a bug a crash report (``is_expected``)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
 
@@ -83,12 +97,11 @@ class Controller(QObject):
             exc = t.exception()
             if exc is None:
                 return
-            if isinstance(exc, EXPECTED):
+            if is_expected(exc):
                 self.error(str(exc))
-            else:
-                log.error("%s failed", what, exc_info=exc)
-                self.error(f"{what} failed: internal error ({type(exc).__name__}); "
-                           "details are in the log")
+            else:  # a bug: the crash handler (``ui.crash``, installed at start) reports it
+                log.error("%s failed with a bug", what)
+                sys.excepthook(type(exc), exc, exc.__traceback__)
 
         task.add_done_callback(done)
         return task

@@ -40,8 +40,8 @@ WELCOME = """
 in a local library you can search offline, with its prompt, parameters and cost.</p>
 <p><b>Try it now, without a key:</b> the provider is set to <i>Demo</i>, a built-in
 simulator. Write a prompt on the left and press <b>Ctrl+Enter</b>.</p>
-<p><b>Use your own account:</b> open <b>Settings</b> (Ctrl+,) and enter an Apiframe or
-APIFree API key. It is stored in your system keychain, never in a file.</p>
+<p><b>Use your own account:</b> open <b>Settings</b> (Ctrl+,) and enter an Apiframe,
+APIFree or Gemini API key. It is stored in your system keychain, never in a file.</p>
 <p>Drop or paste images into the reference tray to edit or compose from them.</p>
 """
 

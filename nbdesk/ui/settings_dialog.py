@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from nbdesk.api.base import InputError
 from nbdesk.api.capabilities import DEMO, PROVIDERS, ProviderCaps
 from nbdesk.core.secrets import (
     KeychainError,
@@ -361,7 +362,7 @@ class SettingsDialog(QDialog):
         async with self._keychain_call():
             try:
                 await self.secrets.aset(provider_id, key)
-            except (ValueError, KeychainError) as e:  # messages never hold the key
+            except (InputError, KeychainError) as e:  # messages never hold the key
                 self._say(self._clean(str(e)), error=True)
                 return
             if shiboken6.isValid(self):

@@ -167,9 +167,6 @@ class ImageCanvas(QGraphicsView):
         self.scene().setSceneRect(self._item.boundingRect())
         self.fit()
 
-    def set_image(self, image: QImage) -> None:
-        self.set_levels([image])
-
     def clear(self) -> None:
         self.scene().clear()
         self._item = None

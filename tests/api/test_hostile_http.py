@@ -32,7 +32,6 @@ from nbdesk.api.base import (
 )
 from nbdesk.api.http import (
     RetryPolicy,
-    check_base_url,
     check_result_url,
     deadline,
     deadline_left,
@@ -41,6 +40,7 @@ from nbdesk.api.http import (
     send,
 )
 from nbdesk.api.refs import fetch_reference
+from nbdesk.api.urls import check_base_url
 from nbdesk.core.settings import validate_base_url
 from tests.helpers import FakeSleep
 from tests.hostile import Handler, Hostile, bomb, drip, json_answer, png_image

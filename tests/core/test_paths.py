@@ -164,3 +164,19 @@ def test_ensure_keeps_an_existing_root_mode(tmp_path: Path) -> None:
     Paths.resolve({}, library_dir=root).ensure()
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
     assert (root / "images").is_dir()
+
+
+def test_write_synced_leaves_the_file_whole_or_absent(tmp_path: Path) -> None:
+    from nbdesk.core.paths import fsync_dir, write_synced
+
+    dest = tmp_path / "a.png"
+    write_synced(dest, b"abc")
+    assert dest.read_bytes() == b"abc"
+    assert not (tmp_path / "a.part").exists()
+    fsync_dir(tmp_path)  # a folder can be synced; a missing one is no error either
+    fsync_dir(tmp_path / "missing")
+    # A destination that cannot be written (its folder is gone): OSError, no .part left.
+    gone = tmp_path / "gone" / "b.png"
+    with pytest.raises(OSError):
+        write_synced(gone, b"abc")
+    assert not gone.with_suffix(".part").exists()

@@ -39,7 +39,8 @@ from pytestqt.qtbot import QtBot
 
 from nbdesk.api.apiframe import ApiframeProvider
 from nbdesk.api.base import GenerationRequest, TransientError
-from nbdesk.api.http import RetryPolicy, check_base_url, make_client
+from nbdesk.api.http import RetryPolicy, make_client
+from nbdesk.api.urls import check_base_url
 from nbdesk.core.jobs import JobSpec, JobState
 from nbdesk.core.paths import DB_NAME, Paths
 from nbdesk.core.runtime import setup_logging
