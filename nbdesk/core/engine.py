@@ -103,6 +103,9 @@ INTERRUPTED_MESSAGE = (
 )
 
 
+#: How long stop() waits for the start's reading of every provider's key to end.
+KEYS_GRACE = 5.0
+
 #: Seconds past a job's deadline at which a call the HTTP layer has not ended is cut.
 _BACKSTOP = 1.0
 
@@ -173,6 +176,7 @@ class Engine:
         self._running = asyncio.Event()
         self._running.set()
         self._bg: list[asyncio.Task[None]] = []
+        self._learning: asyncio.Task[None] | None = None  # every provider's key, read once
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="nbdesk-db")
         self._stopped = False
         self._poll_errors: dict[str, int] = {}
@@ -282,7 +286,8 @@ class Engine:
         resumed = await self.resume_all() if resume else []
         self._bg.append(asyncio.create_task(self._heartbeat_loop(), name="nbdesk-heartbeat"))
         # Every provider's keychain key known for masking, not only the ones used here.
-        self._bg.append(asyncio.create_task(self.connector.learn_keys(), name="nbdesk-keys"))
+        self._learning = asyncio.create_task(self.connector.learn_keys(), name="nbdesk-keys")
+        self._bg.append(self._learning)
         if self.config.take_over:
             self._bg.append(asyncio.create_task(self._scan_loop(), name="nbdesk-scan"))
         return resumed
@@ -307,6 +312,11 @@ class Engine:
             # has no idempotency key): let them finish and record their remote ids.
             log.info("waiting for %d submit(s) in flight before stopping", len(landing))
             await asyncio.wait(landing, timeout=self.config.stop_grace)
+        if self._learning is not None and not self._learning.done():
+            # Its keychain calls run on threads of their own: let them end (a few ms, or
+            # the keychain's own time limit) rather than leave one running as the
+            # process exits, which can abort the interpreter's shutdown.
+            await asyncio.wait([self._learning], timeout=KEYS_GRACE)
         tasks = [*self._bg, *self._tasks.values()]
         for task in tasks:
             task.cancel()
