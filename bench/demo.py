@@ -19,6 +19,7 @@ def run() -> dict[str, float]:
     from PySide6.QtWidgets import QApplication
 
     from nbdesk.core.runtime import Runtime
+    from nbdesk.demo import start_demo
     from nbdesk.ui.controller import Controller
     from nbdesk.ui.main_window import MainWindow, apply_app_style
 
@@ -27,7 +28,7 @@ def run() -> dict[str, float]:
     app = QApplication([sys.argv[0]])
     app.setQuitOnLastWindowClosed(False)
     apply_app_style(app)
-    rt = Runtime.open(env)
+    rt = Runtime.open(env, demo=start_demo)  # as the app does
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     result: dict[str, float] = {}

@@ -252,7 +252,9 @@ def _start(argv: Sequence[str], files: Sequence[str]) -> int:
                 lambda got: files_from_another_launch(window, got, pending))
             window.closed.connect(server.close)
         try:  # the rest of the runtime (the key store), now that the grid is drawn
-            rt = Runtime.around(paths, settings, opened_library)
+            from nbdesk.demo import start_demo  # (the simulator loads at first Demo use)
+
+            rt = Runtime.around(paths, settings, opened_library, demo=start_demo)
             setup_logging(rt.paths)
         except Exception as exc:
             _could_not_start(window, f"nbdesk could not start: {exc}")

@@ -33,6 +33,7 @@ from nbdesk.core.jobs import (
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime, setup_logging
 from nbdesk.core.secrets import KeychainError, RedactingFilter, redact, scrub
+from nbdesk.demo import start_demo
 
 log = logging.getLogger("nbdesk.cli")
 
@@ -519,7 +520,7 @@ def run(argv: Sequence[str]) -> int:
         return _desktop(args)
     if command == "sim":
         return _sim(args)
-    rt = Runtime.open()
+    rt = Runtime.open(demo=start_demo)  # Demo: the simulator, at first use
     setup_logging(rt.paths, verbose=args.verbose)
     try:
         if command == "keys":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from nbdesk.api.http import RetryPolicy, make_client
+from nbdesk.demo import start_demo
 from nbdesk.sim import SimConfig, Simulator
 from nbdesk.sim.server import ManualClock
 
@@ -106,7 +108,7 @@ class EngineEnv:
         connector = Connector(
             http, secrets, Settings(), env=self.env,
             policy_factory=lambda: RetryPolicy(base=0.01, cap=0.05, rng=random.Random(5)),
-            demo_config=SimConfig(queue_seconds=0.05, job_seconds=0.2),
+            demo=partial(start_demo, SimConfig(queue_seconds=0.05, job_seconds=0.2)),
         )
         defaults: dict[str, object] = dict(poll_interval=0.03, scan_interval=0.05, retry=fast)
         defaults.update(config)

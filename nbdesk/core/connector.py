@@ -1,7 +1,9 @@
 """Builds the provider clients: API key, base URL, the shared HTTP client, Demo mode.
 
-Demo mode drives the real client against the loopback simulator started in-process,
-so a new user can try everything offline with no key.
+Demo mode drives the real client against a loopback server that answers as every
+provider does, so a new user can try everything offline with no key. The core does not
+know which server: the composition roots (the app, the CLI) give a ``StartDemo``, the
+simulator of ``nbdesk.sim``, started at first Demo use.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nbdesk.api.apiframe import ApiframeProvider
 from nbdesk.api.apifree import ApifreeProvider
@@ -23,10 +25,8 @@ from nbdesk.core.secrets import KeychainError, SecretStore, register_env_keys
 from nbdesk.core.settings import Settings
 from nbdesk.core.settings_service import SettingsService
 
-if TYPE_CHECKING:  # httpx comes with the client; the simulator only in Demo mode
+if TYPE_CHECKING:  # httpx comes with the client
     import httpx
-
-    from nbdesk.sim import SimConfig, Simulator
 
 _CLASSES: dict[str, type[ApiframeProvider] | type[ApifreeProvider] | type[GeminiProvider]] = {
     "apiframe": ApiframeProvider,
@@ -37,6 +37,25 @@ _CLASSES: dict[str, type[ApiframeProvider] | type[ApifreeProvider] | type[Gemini
 
 class ConfigError(Exception):
     """A provider cannot be used as configured (no key, bad base URL); user-facing."""
+
+
+class DemoServer(Protocol):
+    """A running loopback server that answers as every provider does (Demo mode)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def key(self) -> str:
+        """The key a client sends it."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+#: Starts a Demo server and returns it running. It blocks (and may import a lot): the
+#: connector calls it on a worker thread, at the first Demo use, once per connector.
+StartDemo = Callable[[], DemoServer]
 
 
 def base_url_for(
@@ -57,7 +76,9 @@ class Connector:
 
     ``settings``: the process's settings service (a plain ``Settings`` gets a service of
     its own, in memory). Base URLs are read from it when a client is made, and a changed
-    base URL drops the clients made with the old one."""
+    base URL drops the clients made with the old one.
+
+    ``demo``: how to start the Demo server; without it a Demo job is a ConfigError."""
 
     def __init__(
         self,
@@ -67,7 +88,7 @@ class Connector:
         *,
         env: Mapping[str, str] | None = None,
         policy_factory: Callable[[], RetryPolicy] = RetryPolicy,
-        demo_config: SimConfig | None = None,
+        demo: StartDemo | None = None,
     ) -> None:
         if callable(http):
             self._http: httpx.AsyncClient | None = None
@@ -83,8 +104,8 @@ class Connector:
         # environment is masked from the start (keychain keys as they are read).
         register_env_keys(self._env)
         self._policy_factory = policy_factory
-        self._demo_config = demo_config
-        self._demo: Simulator | None = None
+        self._start_demo = demo
+        self._demo: DemoServer | None = None
         self._cache: dict[tuple[str, bool], AnyProvider] = {}
         self._lock = asyncio.Lock()
 
@@ -125,13 +146,11 @@ class Connector:
             except KeyError:
                 raise ConfigError(f"unknown provider {provider_id!r}") from None
             if demo:
-                from nbdesk.sim import DEMO_KEY, SimConfig, Simulator
-
                 if self._demo is None:
-                    sim = Simulator(self._demo_config or SimConfig())
-                    await asyncio.to_thread(sim.start)
-                    self._demo = sim
-                key, base = DEMO_KEY, self._demo.base_url
+                    if self._start_demo is None:
+                        raise ConfigError("Demo is not available in this program")
+                    self._demo = await asyncio.to_thread(self._start_demo)
+                key, base = self._demo.key, self._demo.base_url
             else:
                 key = await self._key(caps)
                 base = base_url_for(caps, self.settings, self._env)
@@ -176,8 +195,8 @@ class Connector:
         self._cache.clear()
         try:
             if self._demo is not None:
-                sim, self._demo = self._demo, None
-                await asyncio.to_thread(sim.stop)
+                server, self._demo = self._demo, None
+                await asyncio.to_thread(server.stop)
         finally:
             if self._make_http is not None and self._http is not None:
                 client, self._http = self._http, None

@@ -20,9 +20,9 @@ from nbdesk.core.settings_service import SettingsService
 
 if TYPE_CHECKING:  # the engine's modules load when an engine is made, the key store's
     # when the runtime is put together: the window's library grid is up before either
+    from nbdesk.core.connector import StartDemo
     from nbdesk.core.engine import Engine, EngineConfig
     from nbdesk.core.secrets import SecretStore
-    from nbdesk.sim import SimConfig
 
 
 @dataclass
@@ -33,6 +33,9 @@ class Runtime:
     secrets: SecretStore
     library: Library
     env: Mapping[str, str] | None = None  # None: os.environ, read at use
+    #: how the engines' connectors start the Demo server (the roots give the simulator;
+    #: None: no Demo)
+    demo: StartDemo | None = None
 
     @property
     def settings(self) -> Settings:
@@ -40,25 +43,27 @@ class Runtime:
         return self.settings_service.current
 
     @classmethod
-    def open(cls, env: Mapping[str, str] | None = None) -> Runtime:
+    def open(cls, env: Mapping[str, str] | None = None, *,
+             demo: StartDemo | None = None) -> Runtime:
         """Raises LibraryError (user-facing) when the library cannot be opened."""
         paths, settings = locate(env)
         library = Library(paths)
         try:
-            return cls.around(paths, settings, library, env)
+            return cls.around(paths, settings, library, env, demo=demo)
         except BaseException:
             library.close()
             raise
 
     @classmethod
     def around(cls, paths: Paths, settings: Settings, library: Library,
-               env: Mapping[str, str] | None = None) -> Runtime:
+               env: Mapping[str, str] | None = None, *,
+               demo: StartDemo | None = None) -> Runtime:
         """The runtime of a library opened already (the window opens it first, on its
         own thread, and adds the rest once the grid is drawn)."""
         from nbdesk.core.secrets import SecretStore
 
         service = SettingsService(settings, paths.settings_file)
-        return cls(paths, service, SecretStore(environ=env), library, env)
+        return cls(paths, service, SecretStore(environ=env), library, env, demo)
 
     def engine_config(self, *, take_over: bool = True) -> EngineConfig:
         """The engine's configuration from the settings as they are now (the engine
@@ -73,8 +78,7 @@ class Runtime:
 
     @contextlib.asynccontextmanager
     async def engine(
-        self, *, take_over: bool = True, resume: bool = True,
-        demo_config: SimConfig | None = None, start: bool = True,
+        self, *, take_over: bool = True, resume: bool = True, start: bool = True,
     ) -> AsyncIterator[Engine]:
         """An engine with its own HTTP client; everything is closed on exit.
 
@@ -86,7 +90,7 @@ class Runtime:
 
         connector = Connector(
             make_client, self.secrets, self.settings_service, env=self.env,
-            demo_config=demo_config,
+            demo=self.demo,
         )
         engine = Engine(self.library, connector, self.engine_config(take_over=take_over))
         try:

@@ -708,6 +708,11 @@ class Simulator:
         return self._port
 
     @property
+    def key(self) -> str:
+        """The key a Demo client sends (any key is taken unless ``config.keys`` says)."""
+        return DEMO_KEY
+
+    @property
     def running(self) -> bool:
         return self._server is not None
 

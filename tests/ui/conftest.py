@@ -8,6 +8,7 @@ import gc
 import json
 import random
 from collections.abc import Coroutine, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from nbdesk.api.http import RetryPolicy, make_client
 from nbdesk.core.connector import Connector
 from nbdesk.core.engine import Engine
 from nbdesk.core.runtime import Runtime
+from nbdesk.demo import start_demo
 from nbdesk.sim import SimConfig, Simulator
 from nbdesk.ui.controller import Controller
 
@@ -105,7 +107,7 @@ class UiEnv:
         self.connector = Connector(
             self.http, self.rt.secrets, self.rt.settings_service, env=self.env,
             policy_factory=lambda: RetryPolicy(base=0.01, cap=0.05, rng=random.Random(1)),
-            demo_config=SimConfig(queue_seconds=0.05, job_seconds=0.3),
+            demo=partial(start_demo, SimConfig(queue_seconds=0.05, job_seconds=0.3)),
         )
         config = self.rt.engine_config()
         config.scan_interval = 0.1
