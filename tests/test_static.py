@@ -43,7 +43,7 @@ def test_the_window_imports_no_network_keychain_or_simulator_before_it_paints() 
     (the client on a worker thread, keyring in the keychain's threads, the simulator in
     Demo mode only): importing the window's modules must not pull them in."""
     code = ("import sys, nbdesk.app, nbdesk.ui.main_window, nbdesk.ui.controller, "
-            "nbdesk.core.runtime; print(' '.join(sorted(m for m in "
+            "nbdesk.core.runtime, nbdesk.demo; print(' '.join(sorted(m for m in "
             "('httpx', 'keyring', 'nbdesk.sim', 'click', 'rich', 'PIL') if m in sys.modules)))")
     result = run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stderr
