@@ -368,10 +368,6 @@ class MainWindow(QMainWindow):
             self._tray.showMessage(title, job.prompt[:120], QSystemTrayIcon.MessageIcon.Information,
                                    5000)
 
-    def refresh_keys(self) -> None:
-        """Ask the keychain again (the labels follow the model)."""
-        self.controller.keys.check_again()
-
     def _show_key(self, provider_id: str) -> None:
         from nbdesk.api.capabilities import PROVIDERS
         from nbdesk.ui.models.keys import KeyState

@@ -244,10 +244,6 @@ class SettingsDialog(QDialog):
     def busy(self) -> bool:
         return self.keys.busy()
 
-    def refresh_keys(self) -> None:
-        """Ask the keychain again (the rows follow the key status)."""
-        self.keys.check_again()
-
     def _on_key_status(self, provider_id: str) -> None:
         info = self.keys.status(provider_id)
         if info.state is KeyState.TIMEOUT:
