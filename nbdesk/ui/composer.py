@@ -40,9 +40,10 @@ from PySide6.QtWidgets import (
 from nbdesk.api.capabilities import DEMO, DEMO_PROVIDER, PROVIDERS, ModelCaps, ProviderCaps
 from nbdesk.core.jobs import MAX_COUNT, Job, JobParams, JobSpec
 from nbdesk.core.library import Item
-from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
+from nbdesk.core.secrets import RedactingFilter, redact
 from nbdesk.core.settings import write_atomic
 from nbdesk.ui.controller import Controller, is_expected
+from nbdesk.ui.models.keys import KeyState
 from nbdesk.ui.references import ReferenceTray, normalize
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ class Composer(QWidget):
         self._submitting = False
         self._provider_touched = False  # the user picked a provider: no automatic switch
         self._parent_item: tuple[int, str] | None = None  # (item id, its file) when editing
-        self._starting = False
+        #: the provider selected at start, until its key status is known (no key: Demo)
+        self._awaiting_start: str | None = None
 
         # -- controls
         self.provider_combo = QComboBox()
@@ -263,13 +265,12 @@ class Composer(QWidget):
         # -- initial state
         settings = controller.rt.settings
         start = settings.default_provider
-        self._starting = True  # one key lookup at start, the one that may pick Demo
+        if start != DEMO and start in PROVIDERS:
+            self._awaiting_start = start
         index = self.provider_combo.findData(start)
         self.provider_combo.setCurrentIndex(max(index, 0))
         self._on_provider_changed()  # index 0 emits no change signal
-        self._starting = False
-        if start != DEMO and start in PROVIDERS:
-            self._spawn(self._check_key(start, initial=True), "looking up the API key")
+        controller.keys.changed.connect(self._on_key_status)
         self._spawn(self._load_history(), "reading the prompt history")
 
     # ------------------------------------------------------------------ capabilities
@@ -308,6 +309,7 @@ class Composer(QWidget):
 
     def _on_provider_activated(self, _index: int) -> None:
         self._provider_touched = True
+        self._awaiting_start = None
 
     def _on_provider_changed(self, _index: int = -1) -> None:
         choice = self.provider_choice()
@@ -332,9 +334,7 @@ class Composer(QWidget):
                 "placeholder images."
             )
         else:
-            self._set_hint("")
-            if not self._starting:
-                self._spawn(self._check_key(choice, initial=False), "looking up the API key")
+            self._show_key_hint()
 
     def _on_model_changed(self, _index: int = -1) -> None:
         caps = self.provider_caps()
@@ -416,25 +416,28 @@ class Composer(QWidget):
 
     # ------------------------------------------------------------------ keys
 
-    def refresh_keys(self) -> None:
-        """Look the current provider's key up again (after the settings changed it)."""
-        choice = self.provider_choice()
-        if choice in PROVIDERS:
-            self._spawn(self._check_key(choice, initial=False), "looking up the API key")
+    def _on_key_status(self, provider_id: str) -> None:
+        if provider_id == self.provider_choice():
+            self._show_key_hint()
 
-    async def _check_key(self, provider_id: str, *, initial: bool) -> None:
-        caps = PROVIDERS[provider_id]
-        reason = ""
-        try:
-            found = await self.controller.rt.secrets.alookup(provider_id)
-            missing = not found.key
-        except KeychainError as e:
-            missing, reason = True, f" ({e})"
-        if not shiboken6.isValid(self) or self.provider_choice() != provider_id:
+    def _show_key_hint(self) -> None:
+        """The current provider's key status, from the shared model: nothing while it has
+        a key or is not known yet; without one, a hint, and at start Demo instead (when
+        the settings ask for it and the user has not picked a provider)."""
+        choice = self.provider_choice()
+        if choice not in PROVIDERS:
             return
-        if not missing:
+        info = self.controller.keys.status(choice)
+        if info.state is KeyState.CHECKING:
             self._set_hint("")
             return
+        initial = choice == self._awaiting_start
+        self._awaiting_start = None
+        if info.state.has_key:
+            self._set_hint("")
+            return
+        caps = PROVIDERS[choice]
+        reason = f" ({info.message})" if info.message else ""
         settings = self.controller.rt.settings
         if initial and settings.demo_when_no_key and not self._provider_touched:
             self.select_provider(DEMO)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from PySide6.QtCore import QObject, Signal
@@ -21,7 +21,8 @@ from nbdesk.core.engine import Engine
 from nbdesk.core.jobs import RETRYABLE, Job, JobSpec, JobState, RetryPlan
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime
-from nbdesk.core.secrets import KeychainError, RedactingFilter, redact
+from nbdesk.core.secrets import KeychainError, RedactingFilter, SecretStore, redact
+from nbdesk.ui.models.keys import KeyStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,8 +62,21 @@ class Controller(QObject):
         self.library = rt.library
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_trashed: list[int] = []
+        #: every provider's key status, shared by the window's panels
+        self.keys = self.key_status(lambda: self.rt.secrets)
         engine.subscribe(self._on_job)
         engine.on_external_change(self._on_external)
+
+    def key_status(self, secrets: Callable[[], SecretStore]) -> KeyStatus:
+        """A key-status model on ``secrets``, its lookups run by ``spawn``; a key saved or
+        removed through it reaches the engine at once."""
+        model = KeyStatus(secrets, spawn=self.spawn, parent=self)
+        model.stored.connect(self._key_stored)
+        return model
+
+    def _key_stored(self, provider_id: str) -> None:
+        self.engine.connector.forget(provider_id)  # the next job reads the new key
+        self.engine.unblock()  # jobs waiting for this key go on now
 
     # ------------------------------------------------------------------ plumbing
 

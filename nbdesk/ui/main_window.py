@@ -240,7 +240,7 @@ class MainWindow(QMainWindow):
     def _first_key_check(self) -> None:
         if not self._keys_checked:
             self._keys_checked = True
-            self.refresh_keys()
+            self.controller.keys.start()
             self.refresh_spend()
 
     # ------------------------------------------------------------------ building
@@ -299,11 +299,12 @@ class MainWindow(QMainWindow):
         status.addPermanentWidget(self.offline_label)
         self.offline_label.hide()
         self.key_labels = {}
-        for pid, caps in PROVIDERS.items():
-            label = QLabel(f"{caps.label}: …")
-            label.setToolTip(f"Where the {caps.label} API key comes from")
+        for pid in PROVIDERS:
+            label = QLabel()
             self.key_labels[pid] = label
             status.addPermanentWidget(label)
+            self._show_key(pid)
+        self.controller.keys.changed.connect(self._show_key)
         self.spend_label = QLabel("Spent: $0.00")
         self.spend_label.setToolTip("Total cost of the images in the library")
         status.addPermanentWidget(self.spend_label)
@@ -367,30 +368,24 @@ class MainWindow(QMainWindow):
             self._tray.showMessage(title, job.prompt[:120], QSystemTrayIcon.MessageIcon.Information,
                                    5000)
 
-    def refresh_keys(self) -> None:
+    def _show_key(self, provider_id: str) -> None:
         from nbdesk.api.capabilities import PROVIDERS
+        from nbdesk.ui.models.keys import KeyState
 
-        async def run() -> None:
-            for pid, caps in PROVIDERS.items():
-                label = self.key_labels[pid]
-                try:
-                    found = await self.rt.secrets.alookup(pid)
-                except Exception as exc:  # keychain missing / timed out: say so
-                    if not isValid(label):  # the window was closed meanwhile
-                        return
-                    label.setText(f"{caps.label}: keychain unavailable")
-                    label.setToolTip(str(exc))
-                    continue
-                if not isValid(label):
-                    return
-                if found.source == "env":
-                    label.setText(f"{caps.label}: key from {caps.env_key}")
-                elif found.source == "keychain":
-                    label.setText(f"{caps.label}: key ✓")
-                else:
-                    label.setText(f"{caps.label}: no key (Demo available)")
-
-        self.controller.spawn(run(), what="checking API keys")
+        caps = PROVIDERS[provider_id]
+        info = self.controller.keys.status(provider_id)
+        label = self.key_labels[provider_id]
+        label.setToolTip(info.message or f"Where the {caps.label} API key comes from")
+        if info.state is KeyState.CHECKING:
+            label.setText(f"{caps.label}: …")
+        elif info.state.failed:  # keychain missing / timed out: say so
+            label.setText(f"{caps.label}: keychain unavailable")
+        elif info.state is KeyState.ENV:
+            label.setText(f"{caps.label}: key from {caps.env_key}")
+        elif info.state is KeyState.KEYCHAIN:
+            label.setText(f"{caps.label}: key ✓")
+        else:
+            label.setText(f"{caps.label}: no key (Demo available)")
 
     def refresh_spend(self) -> None:
         """Add up the costs again; calls while a sum is running coalesce into one more."""
@@ -419,16 +414,10 @@ class MainWindow(QMainWindow):
 
         if self._settings_dialog is None:
             dialog = SettingsDialog(self.controller, self)
-            dialog.keysChanged.connect(self._keys_changed)
             dialog.settingsSaved.connect(lambda _s: self.controller.engine.unblock())
             dialog.finished.connect(self._settings_closed)
             self._settings_dialog = dialog
         self._settings_dialog.open()  # type: ignore[attr-defined]
-
-    def _keys_changed(self, _provider: str) -> None:
-        self.controller.engine.unblock()  # jobs waiting for this key go on now
-        self.refresh_keys()
-        self.composer.refresh_keys()
 
     def _settings_closed(self) -> None:
         self._settings_dialog = None

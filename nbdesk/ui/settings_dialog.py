@@ -39,19 +39,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from nbdesk.api.base import InputError
 from nbdesk.api.capabilities import DEMO, PROVIDERS, ProviderCaps
-from nbdesk.core.secrets import (
-    KeychainError,
-    KeychainTimeout,
-    KeychainUnavailable,
-    KeyLookup,
-    RedactingFilter,
-    SecretStore,
-    redact,
-)
+from nbdesk.core.secrets import SecretStore
 from nbdesk.core.settings import CONCURRENCY_RANGE, Settings, validate_base_url
 from nbdesk.ui.controller import Controller
+from nbdesk.ui.models.keys import KeyState, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +75,6 @@ class _KeyRow:
     save: QPushButton
     remove: QPushButton
     status: QLabel
-    source: str = "unknown"  # "env" | "keychain" | "none" | "unavailable" | "error" | "unknown"
 
 
 class SettingsDialog(QDialog):
@@ -103,9 +94,9 @@ class SettingsDialog(QDialog):
         self._restart_command = restart_command
         #: "The library folder changes when nbdesk restarts — Restart now / Later"
         self.restart_offer: QMessageBox | None = None
-        self.secrets = secrets if secrets is not None else controller.rt.secrets
-        self._busy = 0  # keychain calls running
-        self._backend = ""  # the keychain's name once known; "none" without one
+        #: the key status it shows and changes: the window's, or one on ``secrets``
+        self.keys = (controller.keys if secrets is None
+                     else controller.key_status(lambda: secrets))
         self._folder_dialog: QFileDialog | None = None
         self.setWindowTitle("Settings")
         self.setModal(False)
@@ -149,7 +140,7 @@ class SettingsDialog(QDialog):
         grid.setColumnStretch(1, 1)
         self.recheck_button = QPushButton("Check again")
         self.recheck_button.setToolTip("Ask the keychain again")
-        self.recheck_button.clicked.connect(self.refresh_keys)
+        self.recheck_button.clicked.connect(self.keys.check_again)
         grid.addWidget(self.recheck_button, 1 + 2 * len(PROVIDERS), 3)
 
         # -- the settings file
@@ -234,8 +225,13 @@ class SettingsDialog(QDialog):
             button.setAutoDefault(False)
             button.setDefault(False)
 
+        self.keys.changed.connect(self._on_key_status)
+        self.keys.busyChanged.connect(self._update_key_rows)
+        self.keys.backendChanged.connect(self._on_backend)
+        self.keys.finished.connect(self._on_finished)
+        self.keys.stored.connect(self.keysChanged)
         self._update_key_rows()
-        self.refresh_keys()
+        self.keys.start()  # (once: the window's status bar may have asked already)
 
     # ------------------------------------------------------------------ keychain
 
@@ -246,63 +242,56 @@ class SettingsDialog(QDialog):
         return self.key_rows[provider_id].status.text()
 
     def busy(self) -> bool:
-        return self._busy > 0
+        return self.keys.busy()
 
-    def refresh_keys(self) -> None:
-        """Ask the keychain which keys it holds (in the background)."""
-        self._spawn(self._refresh_all(), "checking the keychain")
+    def _on_key_status(self, provider_id: str) -> None:
+        info = self.keys.status(provider_id)
+        if info.state is KeyState.TIMEOUT:
+            self._say(info.message, error=True)
+        self._update_key_rows()
 
-    async def _refresh_all(self) -> None:
-        async def name() -> None:
-            try:
-                self._backend = await self.secrets.abackend_name()
-            except KeychainError as e:
-                self._backend = ""
-                self._say(str(e), error=True)
+    def _on_backend(self) -> None:
+        if self.keys.backend_error():
+            self._say(self.keys.backend_error(), error=True)
+        self._update_key_rows()
 
-        async with self._keychain_call():
-            await asyncio.gather(name(), *(self._refresh(pid) for pid in self.key_rows))
-
-    async def _refresh(self, provider_id: str) -> None:
+    def _on_finished(self, provider_id: str, outcome: Outcome, message: str) -> None:
         row = self.key_rows[provider_id]
-        try:
-            found: KeyLookup | None = await self.secrets.alookup(provider_id)
-        except KeychainUnavailable:
-            row.source, found = "unavailable", None
-        except KeychainTimeout as e:
-            row.source, found = "error", None
-            self._set_status(row, f"{e} Check that the keychain is running and unlocked, "
-                             "then press Check again.", error=True)
-            self._say(str(e), error=True)
-        except KeychainError as e:
-            row.source, found = "error", None
-            self._set_status(row, str(e), error=True)
-        if found is not None:
-            row.source = found.source
-        if shiboken6.isValid(self):
-            self._update_key_rows()
+        where = self.keys.backend() or "the keychain"
+        if outcome is Outcome.REFUSED:
+            self._say(message, error=True)
+        elif outcome is Outcome.SAVED:
+            row.field.clear()
+            self._say(f"Saved the {row.caps.label} key in {where}.", ok=True)
+        elif outcome is Outcome.REMOVED:
+            self._say(f"Removed the {row.caps.label} key from {where}.", ok=True)
+        else:
+            self._say(f"No {row.caps.label} key was stored.", ok=True)
 
     def _update_key_rows(self) -> None:
-        where = self._backend if self._backend not in ("", "none") else "the OS keychain"
-        if self._backend == "none":
+        backend = self.keys.backend()
+        where = backend if backend not in ("", "none") else "the OS keychain"
+        if backend == "none":
             self.keychain_label.setText(
                 "No OS keychain available (such as GNOME Keyring, KWallet, the macOS "
                 "Keychain or the Windows Credential Manager): API keys cannot be stored. "
                 "nbdesk never writes keys to a plain file."
             )
             self.keychain_label.setStyleSheet(_ERROR_STYLE)
-        elif self._backend:
-            self.keychain_label.setText(f"Keys are kept in {self._backend}.")
+        elif backend:
+            self.keychain_label.setText(f"Keys are kept in {backend}.")
             self.keychain_label.setStyleSheet("")
         else:
-            self.keychain_label.setText("Keys are kept in the OS keychain." if not self._busy
+            self.keychain_label.setText("Keys are kept in the OS keychain." if not self.busy()
                                         else CHECKING)
             self.keychain_label.setStyleSheet("")
-        idle = self._busy == 0
+        idle = not self.busy()
         self.activity.setVisible(not idle)
-        for row in self.key_rows.values():
+        for pid, row in self.key_rows.items():
             env = row.caps.env_key
-            if row.source == "env":
+            info = self.keys.status(pid)
+            state = info.state
+            if state is KeyState.ENV:
                 row.field.clear()
                 row.field.setReadOnly(True)
                 row.field.setEnabled(True)
@@ -314,20 +303,26 @@ class SettingsDialog(QDialog):
             else:
                 row.field.setReadOnly(False)
                 row.field.setPlaceholderText(f"paste the {row.caps.label} API key")
-            if row.source == "keychain":
+            if state is KeyState.KEYCHAIN:
                 row.field.setPlaceholderText("a key is stored; paste a new one to replace it")
                 self._set_status(row, f"Stored in {where}", ok=True)
-            elif row.source == "none":
+            elif state is KeyState.MISSING:
                 self._set_status(row, f"No key stored (it would go to {where}).")
-            elif row.source == "unavailable":
+            elif state is KeyState.UNAVAILABLE:
                 self._set_status(row, no_keychain_text(row.caps), error=True)
-            elif row.source == "unknown":
+            elif state is KeyState.TIMEOUT:
+                self._set_status(row, f"{info.message} Check that the keychain is running "
+                                 "and unlocked, then press Check again.", error=True)
+            elif state is KeyState.ERROR:
+                self._set_status(row, info.message, error=True)
+            elif state is KeyState.CHECKING:
                 self._set_status(row, CHECKING)
-            can_store = row.source in ("keychain", "none", "error")
-            row.field.setEnabled(row.source != "unavailable")
-            row.save.setEnabled(idle and can_store)
-            row.remove.setEnabled(idle and row.source in ("keychain", "error"))
-            if row.source == "unavailable":
+            failed = state in (KeyState.TIMEOUT, KeyState.ERROR)
+            row.field.setEnabled(state is not KeyState.UNAVAILABLE)
+            row.save.setEnabled(idle and (failed or state in (KeyState.KEYCHAIN,
+                                                               KeyState.MISSING)))
+            row.remove.setEnabled(idle and (failed or state is KeyState.KEYCHAIN))
+            if state is KeyState.UNAVAILABLE:
                 row.save.setToolTip(no_keychain_text(row.caps))
             else:
                 row.save.setToolTip(f"Store the {row.caps.label} key in {where}")
@@ -355,50 +350,11 @@ class SettingsDialog(QDialog):
         if not key.strip():
             self._say(f"Paste the {row.caps.label} API key first.", error=True)
             return
-        self._spawn(self._save_key(provider_id, key), "saving the API key")
-
-    async def _save_key(self, provider_id: str, key: str) -> None:
-        row = self.key_rows[provider_id]
-        async with self._keychain_call():
-            try:
-                await self.secrets.aset(provider_id, key)
-            except (InputError, KeychainError) as e:  # messages never hold the key
-                self._say(self._clean(str(e)), error=True)
-                return
-            if shiboken6.isValid(self):
-                row.field.clear()
-            self._key_changed(provider_id)
-            await self._refresh(provider_id)
-            self._say(f"Saved the {row.caps.label} key in {self._backend or 'the keychain'}.",
-                      ok=True)
+        self.keys.save(provider_id, key)
 
     def remove_key(self, provider_id: str) -> None:
         if self.key_rows[provider_id].remove.isEnabled():
-            self._spawn(self._remove_key(provider_id), "removing the API key")
-
-    async def _remove_key(self, provider_id: str) -> None:
-        row = self.key_rows[provider_id]
-        async with self._keychain_call():
-            try:
-                removed = await self.secrets.adelete(provider_id)
-            except KeychainError as e:
-                self._say(self._clean(str(e)), error=True)
-                return
-            if removed:
-                self._key_changed(provider_id)
-            await self._refresh(provider_id)
-            self._say(
-                f"Removed the {row.caps.label} key from {self._backend or 'the keychain'}."
-                if removed else f"No {row.caps.label} key was stored.",
-                ok=True,
-            )
-
-    def _key_changed(self, provider_id: str) -> None:
-        self.controller.engine.connector.forget(provider_id)
-        self.keysChanged.emit(provider_id)
-
-    def _keychain_call(self) -> _Busy:
-        return _Busy(self)
+            self.keys.remove(provider_id)
 
     # ------------------------------------------------------------------ settings file
 
@@ -518,10 +474,6 @@ class SettingsDialog(QDialog):
     def message_text(self) -> str:
         return self.message.text()
 
-    @staticmethod
-    def _clean(text: str) -> str:
-        return redact(text, RedactingFilter.known())
-
     def _say(self, text: str, *, error: bool = False, ok: bool = False) -> None:
         if not shiboken6.isValid(self):
             return
@@ -541,19 +493,3 @@ class SettingsDialog(QDialog):
     def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
         self.controller.spawn(coro, what=what)
 
-
-class _Busy:
-    """While a keychain call runs: "Checking the keychain…", key buttons disabled."""
-
-    def __init__(self, dialog: SettingsDialog) -> None:
-        self.dialog = dialog
-
-    async def __aenter__(self) -> None:
-        self.dialog._busy += 1
-        if shiboken6.isValid(self.dialog):
-            self.dialog._update_key_rows()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.dialog._busy -= 1
-        if shiboken6.isValid(self.dialog):
-            self.dialog._update_key_rows()

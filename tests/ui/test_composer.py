@@ -385,6 +385,8 @@ def test_no_key_selects_demo_and_says_so(qtbot: QtBot, ui_env: UiEnv) -> None:
     ui_env.rt.secrets = SecretStore(environ={}, backend=EmptyKeyring())
     c = Composer(ui_env.controller)
     qtbot.addWidget(c)
+    assert c.provider_choice() == "apiframe" and c.hint_text() == ""  # not known yet
+    ui_env.controller.keys.start()  # (the window does, once its first screen is drawn)
     qtbot.waitUntil(lambda: c.provider_choice() == "demo")
     assert "No API key for Apiframe" in c.hint_text() and "Demo (offline)" in c.hint_text()
     assert c.hint.isVisibleTo(c)
@@ -404,6 +406,7 @@ def test_no_key_without_the_demo_fallback_keeps_the_provider_with_a_hint(
     ui_env.rt.settings_service.update(save=False, demo_when_no_key=False)
     c = Composer(ui_env.controller)
     qtbot.addWidget(c)
+    ui_env.controller.keys.start()
     qtbot.waitUntil(lambda: "No API key for Apiframe" in c.hint_text())
     assert c.provider_choice() == "apiframe" and "Settings" in c.hint_text()
     c.select_provider("apifree")

@@ -202,3 +202,43 @@ def test_errors_reach_the_message_bar_and_undo_works(qtbot: QtBot, ui_env: UiEnv
                     timeout=15_000)
     assert "API key" in window.messages.label.text()
     assert "ui-frame-key" not in window.messages.label.text()
+
+
+def test_one_key_lookup_shared_by_status_bar_composer_and_settings(
+    qtbot: QtBot, ui_env: UiEnv
+) -> None:
+    """The status bar, the composer and the settings dialog read one key status: one
+    keychain lookup per provider at start, none when the dialog opens, and a key saved
+    in the dialog shows in the status bar and the composer at once."""
+    from nbdesk.api.capabilities import PROVIDERS
+    from nbdesk.core.secrets import SecretStore
+    from nbdesk.ui.settings_dialog import SettingsDialog
+    from tests.ui.test_key_status import CountingKeyring
+
+    backend = CountingKeyring()
+    ui_env.rt.secrets = SecretStore(environ={}, backend=backend)
+    ui_env.rt.settings_service.update(save=False, demo_when_no_key=False)
+    window = open_window(qtbot, ui_env)
+    labels = window.key_labels
+    qtbot.waitUntil(lambda: all("no key" in label.text() for label in labels.values()),
+                    timeout=5000)
+    composer = window.composer
+    assert composer.provider_choice() == "apiframe"
+    qtbot.waitUntil(lambda: "No API key for Apiframe" in composer.hint_text())
+    assert sorted(backend.reads) == sorted(PROVIDERS)  # once each, not once per reader
+
+    window.open_settings()
+    dialog = window._settings_dialog
+    assert isinstance(dialog, SettingsDialog)
+    assert dialog.key_status("apiframe").startswith("No key stored")  # known already
+    assert not dialog.busy() and sorted(backend.reads) == sorted(PROVIDERS)
+
+    row = dialog.key_rows["apiframe"]
+    row.field.setText("frame-key-2468")
+    with qtbot.waitSignal(dialog.keysChanged, timeout=5000):
+        row.save.click()
+    qtbot.waitUntil(lambda: labels["apiframe"].text() == "Apiframe: key ✓", timeout=5000)
+    assert composer.hint_text() == ""
+    qtbot.waitUntil(lambda: dialog.key_status("apiframe").startswith("Stored in"))
+    assert backend.reads.count("apiframe") == 2  # the start's, and the one after saving
+    dialog.close()

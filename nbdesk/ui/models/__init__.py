@@ -1,0 +1,1 @@
+"""The window's models: Qt objects holding state that widgets read and follow."""
