@@ -54,8 +54,10 @@ KEYS_GRACE = 5.0
 
 class Engine(JobSteps):
     """The engine: schedules jobs (slots, leases, resume, stop, scans for other
-    processes' jobs) and takes the user's actions (enqueue, cancel, retry); one job's
-    steps are ``JobSteps``'."""
+    processes' jobs) and takes the user's actions (enqueue, cancel, retry). It is built
+    on ``JobSteps`` (``core/steps.py``: one job's steps), ``SyncAnswers``
+    (``core/sync_answer.py``: a synchronous paid answer) and ``EngineBase``
+    (``core/engine_base.py``: the shared state and how a job's change is written)."""
 
     def __init__(
         self, library: Library, connector: Connector, config: EngineConfig | None = None
