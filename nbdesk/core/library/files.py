@@ -60,6 +60,8 @@ def sha256_file(path: Path) -> str:
 
 
 class FileStore(Store, Folder):
+    """Files in tmp/, images/ and refs/ (a part of ``Library``)."""
+
     def tmp_path(self, job_id: str, idx: int) -> Path:
         return self.inside(f"tmp/{self._stem(job_id)}-{idx}.part", within=self.paths.tmp)
 

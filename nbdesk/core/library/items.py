@@ -69,6 +69,8 @@ class FirstPage:
 
 
 class ItemStore(Store, Folder):
+    """Reading items and searching them (a part of ``Library``)."""
+
     def items_for_job(self, job_id: str) -> list[Item]:
         rows = self._query("SELECT * FROM items WHERE job_id = ? ORDER BY idx", (job_id,))
         return self._items(rows)

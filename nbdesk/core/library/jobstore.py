@@ -25,6 +25,8 @@ _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 
 class JobStore(Store):
+    """Jobs' rows and leases (a part of ``Library``)."""
+
     def add_jobs(
         self, spec: JobSpec, refs: Sequence[RefRecord], count: int,
         owner: str | None = None, ttl: float = 30.0,

@@ -14,6 +14,8 @@ from nbdesk.core.paths import private_mkdir
 
 
 class Trash(Store, Folder):
+    """Moving items to the trash and back, and emptying it (a part of ``Library``)."""
+
     def trash(self, item_ids: Sequence[int]) -> list[int]:
         """Move items' files to the trash folder; returns the ids moved (for undo).
         Raises RowsSkipped (after moving the others) if some rows name a file outside
