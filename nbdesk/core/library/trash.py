@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from nbdesk.core.library.errors import RowsSkipped, UnsafePath
 from nbdesk.core.library.safety import Folder
@@ -23,21 +24,13 @@ class Trash(Store, Folder):
         moved: list[int] = []
         skipped: list[tuple[int, UnsafePath]] = []
         now = self._clock()
-        for row in self._rows_by_id(item_ids):
-            if row["deleted_at"] is not None:
-                continue
-            try:
-                src, dest = self.item_file(row["path"]), self.trashed_file(row["path"])
-            except UnsafePath as exc:
-                self._refused(row["id"], exc)
-                skipped.append((row["id"], exc))
-                continue
+        for item_id, src, dest in self._movable(item_ids, False, skipped):
             private_mkdir(dest.parent)
             if src.exists():
                 os.replace(src, dest)
             with self._write() as conn:
-                conn.execute("UPDATE items SET deleted_at = ? WHERE id = ?", (now, row["id"]))
-            moved.append(row["id"])
+                conn.execute("UPDATE items SET deleted_at = ? WHERE id = ?", (now, item_id))
+            moved.append(item_id)
         if skipped:
             raise RowsSkipped("moved to the trash", skipped, moved)
         return moved
@@ -47,21 +40,13 @@ class Trash(Store, Folder):
         ``trash``)."""
         restored: list[int] = []
         skipped: list[tuple[int, UnsafePath]] = []
-        for row in self._rows_by_id(item_ids):
-            if row["deleted_at"] is None:
-                continue
-            try:
-                dest, src = self.item_file(row["path"]), self.trashed_file(row["path"])
-            except UnsafePath as exc:
-                self._refused(row["id"], exc)
-                skipped.append((row["id"], exc))
-                continue
+        for item_id, dest, src in self._movable(item_ids, True, skipped):
             if src.exists():
                 private_mkdir(dest.parent)
                 os.replace(src, dest)
             with self._write() as conn:
-                conn.execute("UPDATE items SET deleted_at = NULL WHERE id = ?", (row["id"],))
-            restored.append(row["id"])
+                conn.execute("UPDATE items SET deleted_at = NULL WHERE id = ?", (item_id,))
+            restored.append(item_id)
         if skipped:
             raise RowsSkipped("restored", skipped, restored)
         return restored
@@ -85,6 +70,23 @@ class Trash(Store, Folder):
         if skipped:
             raise RowsSkipped("deleted", skipped, deleted)
         return len(deleted)
+
+    def _movable(
+        self, item_ids: Sequence[int], trashed: bool, skipped: list[tuple[int, UnsafePath]]
+    ) -> Iterator[tuple[int, Path, Path]]:
+        """Those of the items in the trash (``trashed``) or out of it: each one's id, its
+        image's file and where that is while in the trash. An item whose row names a file
+        outside the library is left out, into ``skipped`` (and warned about once)."""
+        for row in self._rows_by_id(item_ids):
+            if (row["deleted_at"] is not None) != trashed:
+                continue
+            try:
+                live, in_trash = self.item_file(row["path"]), self.trashed_file(row["path"])
+            except UnsafePath as exc:
+                self._refused(row["id"], exc)
+                skipped.append((row["id"], exc))
+                continue
+            yield row["id"], live, in_trash
 
     def _rows_by_id(self, ids: Sequence[int]) -> list[sqlite3.Row]:
         rows: list[sqlite3.Row] = []
