@@ -263,7 +263,7 @@ class Composer(QWidget):
         controller.rerunRequested.connect(lambda item: self.set_from_item(item, edit=False))
 
         # -- initial state
-        settings = controller.rt.settings
+        settings = controller.settings
         start = settings.default_provider
         if start != DEMO and start in PROVIDERS:
             self._awaiting_start = start
@@ -314,7 +314,7 @@ class Composer(QWidget):
     def _on_provider_changed(self, _index: int = -1) -> None:
         choice = self.provider_choice()
         caps = self.provider_caps()
-        wanted = self.controller.rt.settings.default_models.get(choice)
+        wanted = self.controller.settings.default_models.get(choice)
         self.model_combo.blockSignals(True)
         try:
             self.model_combo.clear()
@@ -438,7 +438,7 @@ class Composer(QWidget):
             return
         caps = PROVIDERS[choice]
         reason = f" ({info.message})" if info.message else ""
-        settings = self.controller.rt.settings
+        settings = self.controller.settings
         if initial and settings.demo_when_no_key and not self._provider_touched:
             self.select_provider(DEMO)
             self._set_hint(
@@ -706,7 +706,7 @@ class Composer(QWidget):
         else:
             self._parent_item = None
             self.set_prompt(item.prompt)
-            root: Path = self.controller.library.root
+            root = self.controller.library_root
             refs = [
                 str(root / r.path) if r.kind == "file" and r.path else r.source
                 for r in item.refs
@@ -752,8 +752,7 @@ class Composer(QWidget):
 
     @property
     def history_path(self) -> Path:
-        root: Path = self.controller.rt.paths.root
-        return root / HISTORY_NAME
+        return self.controller.library_root / HISTORY_NAME
 
     def history(self) -> list[str]:
         """Earlier prompts, newest first."""

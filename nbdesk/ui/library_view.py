@@ -676,7 +676,7 @@ class LibraryView(QWidget):
         self._controller = controller
         if thumbnails is None:
             assert controller is not None, "a thumbnail cache or a controller"
-            thumbnails = ThumbnailCache(controller.library.paths.thumbnails, parent=self)
+            thumbnails = ThumbnailCache(controller.thumbnail_dir, parent=self)
         self.thumbnails = thumbnails
         self.model = LibraryModel(controller, thumbnails, self, page_size=page_size,
                                   icon_size=icon_size)

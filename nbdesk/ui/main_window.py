@@ -106,7 +106,7 @@ class MainWindow(QMainWindow):
         if layout_file is None:
             if controller is None:
                 raise TypeError("MainWindow needs a controller or a layout file")
-            layout_file = controller.rt.paths.settings_file.parent / "window.ini"
+            layout_file = controller.layout_file
         self._layout_file = layout_file
         self._settings_dialog: QWidget | None = None
         self._spend_running = self._spend_again = False
@@ -124,7 +124,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Opening the library…")
         self._restore_geometry()
         if controller is not None:
-            self.add_library(controller.rt.paths.thumbnails)
+            self.add_library(controller.thumbnail_dir)
             self.attach(controller)
 
     def add_library(self, thumbnail_dir: Path,
@@ -186,7 +186,6 @@ class MainWindow(QMainWindow):
         from nbdesk.ui.viewer import ImageViewer
 
         self.controller = controller
-        self.rt = controller.rt
         self.messages = MessageBar()
         self._central_layout.insertWidget(0, self.messages)  # above the panels
         self.composer = Composer(controller)
@@ -342,7 +341,7 @@ class MainWindow(QMainWindow):
 
     def _open_job(self, job: Job) -> None:
         async def run() -> None:
-            items = await self.controller.db(self.rt.library.items_for_job, job.id)
+            items = await self.controller.items_for_job(job.id)
             if items:
                 self.open_item(items[0].id)
 
@@ -363,7 +362,7 @@ class MainWindow(QMainWindow):
         else:
             self.statusBar().showMessage(f"Finished: {job.prompt[:60]}", 8000)
         if (self._tray is not None and not self.isActiveWindow()
-                and self.rt.settings.notify_on_finish):
+                and self.controller.settings.notify_on_finish):
             title = "Image ready" if job.state is JobState.COMPLETED else "Job failed"
             self._tray.showMessage(title, job.prompt[:120], QSystemTrayIcon.MessageIcon.Information,
                                    5000)
@@ -414,7 +413,7 @@ class MainWindow(QMainWindow):
 
         if self._settings_dialog is None:
             dialog = SettingsDialog(self.controller, self)
-            dialog.settingsSaved.connect(lambda _s: self.controller.engine.unblock())
+            dialog.settingsSaved.connect(lambda _s: self.controller.unblock_jobs())
             dialog.finished.connect(self._settings_closed)
             self._settings_dialog = dialog
         self._settings_dialog.open()  # type: ignore[attr-defined]
@@ -426,7 +425,7 @@ class MainWindow(QMainWindow):
         from nbdesk import __version__
 
         self.controller.info(f"nbdesk {__version__} — a desktop studio for Nano Banana; "
-                             f"library at {self.rt.paths.root}")
+                             f"library at {self.controller.library_root}")
 
     # ------------------------------------------------------------------ layout
 

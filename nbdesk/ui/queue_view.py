@@ -224,7 +224,7 @@ class QueueView(QWidget):
             self.controller.retry(free)
         if not paid:
             return
-        if not self.controller.rt.settings.confirm_paid_retry:
+        if not self.controller.settings.confirm_paid_retry:
             self.controller.retry([job.id for job, _ in paid], paid_ok=True)
             return
         self._ask_paid_retry(paid, continued=len(free))

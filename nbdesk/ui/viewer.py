@@ -645,7 +645,7 @@ class ImageViewer(QWidget):
                 f"{self._ids.index(self._current) + 1} of {len(self._ids)}")
         if not item.refs:
             self.refs_layout.addWidget(QLabel("—"))
-        root: Path = self.controller.library.root
+        root = self.controller.library_root
         for ref in item.refs:
             row = QWidget()
             line = QHBoxLayout(row)

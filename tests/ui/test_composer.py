@@ -340,7 +340,7 @@ def test_rerun_and_edit_from_a_library_item(
     with qtbot.waitSignal(ctl.itemsAdded, timeout=15_000) as added:
         run_async(qtbot, ctl.submit(spec))
     item = run_async(qtbot, ctl.item(added.args[0][0]))
-    library_copy = str(ctl.library.root / item.refs[0].path)
+    library_copy = str(ctl.library_root / item.refs[0].path)
 
     c = Composer(ctl)
     qtbot.addWidget(c)
