@@ -28,6 +28,7 @@ from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime
 from nbdesk.core.secrets import KeychainError, RedactingFilter, SecretStore, redact
 from nbdesk.core.settings import Settings
+from nbdesk.ui.models.history import HISTORY_NAME, PromptHistory
 from nbdesk.ui.models.keys import KeyStatus
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class Controller(QObject):
         self._last_trashed: list[int] = []
         #: every provider's key status, shared by the window's panels
         self.keys = self.key_status(lambda: self._rt.secrets)
+        #: the prompt history, shared by the composers (read at the first ``load``)
+        self.history = PromptHistory(self._library.root / HISTORY_NAME, spawn=self.spawn,
+                                     parent=self)
         engine.subscribe(self._on_job)
         engine.on_external_change(self._on_external)
 

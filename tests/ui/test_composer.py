@@ -16,7 +16,8 @@ from pytestqt.qtbot import QtBot
 from nbdesk.api.capabilities import ALL_RATIOS, APIFRAME, APIFREE, GEMINI
 from nbdesk.core.jobs import JobParams, JobSpec, JobState
 from nbdesk.core.secrets import SecretStore
-from nbdesk.ui.composer import HISTORY_MAX, HISTORY_NAME, Composer
+from nbdesk.ui.composer import Composer
+from nbdesk.ui.models.history import HISTORY_MAX, HISTORY_NAME
 from tests.ui.conftest import UiEnv, run_async
 
 
