@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import shiboken6
 from PySide6.QtCore import QObject, Signal
 
 from nbdesk.api.base import ApiError
@@ -150,6 +151,18 @@ class Controller(QObject):
 
         task.add_done_callback(done)
         return task
+
+    def then(self, coro: Coroutine[Any, Any, T], receiver: QObject,
+             slot: Callable[[T], Any], *, what: str) -> asyncio.Task[None]:
+        """Run ``coro`` (as ``spawn`` does) and hand its result to ``slot``, unless
+        ``receiver`` (the widget the slot belongs to) was deleted meanwhile: the one
+        lifetime guard, so that widgets need no coroutine of their own."""
+        async def run() -> None:
+            result = await coro
+            if shiboken6.isValid(receiver):
+                slot(result)
+
+        return self.spawn(run(), what=what)
 
     def error(self, text: str) -> None:
         self.message.emit("error", redact(text, RedactingFilter.known()))

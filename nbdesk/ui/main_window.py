@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # imported where each step of the window is built (see MainWi
     from PySide6.QtWidgets import QLabel, QSplitter, QStackedWidget, QSystemTrayIcon
 
     from nbdesk.core.jobs import Job
-    from nbdesk.core.library import FirstPage
+    from nbdesk.core.library import FirstPage, Item
     from nbdesk.core.runtime import Runtime
     from nbdesk.ui.composer import Composer
     from nbdesk.ui.controller import Controller
@@ -340,12 +340,12 @@ class MainWindow(QMainWindow):
         self.viewer_stack.setCurrentIndex(1)
 
     def _open_job(self, job: Job) -> None:
-        async def run() -> None:
-            items = await self.controller.items_for_job(job.id)
-            if items:
-                self.open_item(items[0].id)
+        self.controller.then(self.controller.items_for_job(job.id), self,
+                             self._open_first, what="opening the image")
 
-        self.controller.spawn(run(), what="opening the image")
+    def _open_first(self, items: list[Item]) -> None:
+        if items:
+            self.open_item(items[0].id)
 
     def _on_message(self, level: str, text: str) -> None:
         self.messages.show_message(level, text)
