@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QByteArray, QSettings, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QMainWindow, QWidget
-from shiboken6 import isValid
 
 if TYPE_CHECKING:  # imported where each step of the window is built (see MainWindow):
+    import asyncio
+
     # the frame is painted before the Qt types the panels use are made (and their enums)
     from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QPaintEvent
     from PySide6.QtWidgets import QLabel, QSplitter, QStackedWidget, QSystemTrayIcon
@@ -392,21 +393,19 @@ class MainWindow(QMainWindow):
             self._spend_again = True
             return
         self._spend_running = True
+        self._spend_again = False
+        task = self.controller.then(self.controller.total_cost(), self.spend_label,
+                                    self._show_spend, what="adding up costs")
+        task.add_done_callback(self._spend_done)
 
-        async def run() -> None:
-            try:
-                while True:
-                    self._spend_again = False
-                    total = await self.controller.total_cost()
-                    if not isValid(self.spend_label):  # the window was closed meanwhile
-                        return
-                    self.spend_label.setText(f"Spent: ${total:.2f}")
-                    if not self._spend_again:
-                        return
-            finally:
-                self._spend_running = False
+    def _show_spend(self, total: float) -> None:
+        self.spend_label.setText(f"Spent: ${total:.2f}")
 
-        self.controller.spawn(run(), what="adding up costs")
+    def _spend_done(self, task: asyncio.Task[None]) -> None:
+        self._spend_running = False
+        failed = task.cancelled() or task.exception() is not None  # (reported by spawn)
+        if self._spend_again and not failed and not self.was_closed:
+            self.refresh_spend()  # costs changed while adding up: once more
 
     def open_settings(self) -> None:
         from nbdesk.ui.settings_dialog import SettingsDialog
