@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,15 +40,13 @@ from nbdesk.api.capabilities import DEMO, DEMO_PROVIDER, PROVIDERS, ModelCaps, P
 from nbdesk.core.jobs import MAX_COUNT, Job, JobParams, JobSpec
 from nbdesk.core.library import Item
 from nbdesk.core.secrets import RedactingFilter, redact
-from nbdesk.core.settings import write_atomic
 from nbdesk.ui.controller import Controller, is_expected
+from nbdesk.ui.models.history import HISTORY_MAX
 from nbdesk.ui.models.keys import KeyState
 from nbdesk.ui.references import ReferenceTray, normalize
 
 log = logging.getLogger(__name__)
 
-HISTORY_NAME = "prompt_history.json"
-HISTORY_MAX = 50
 #: queueing more images than this at once is confirmed first, with the total cost
 CONFIRM_COUNT = 4
 DEMO_LABEL = "Demo (offline)"
@@ -129,12 +126,9 @@ class Composer(QWidget):
     def __init__(self, controller: Controller, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.controller = controller
-        self._history: list[str] = []
-        self._history_index = -1  # -1: the draft, else an index into _history
+        self._history_index = -1  # -1: the draft, else an index into history()
         self._draft = ""
         self._recalling = False
-        self._history_lock = asyncio.Lock()
-        self._history_loaded = asyncio.Event()  # saves wait for it: no prompt is lost
         self._submitting = False
         self._provider_touched = False  # the user picked a provider: no automatic switch
         self._parent_item: tuple[int, str] | None = None  # (item id, its file) when editing
@@ -263,7 +257,7 @@ class Composer(QWidget):
         controller.rerunRequested.connect(lambda item: self.set_from_item(item, edit=False))
 
         # -- initial state
-        settings = controller.rt.settings
+        settings = controller.settings
         start = settings.default_provider
         if start != DEMO and start in PROVIDERS:
             self._awaiting_start = start
@@ -271,7 +265,7 @@ class Composer(QWidget):
         self.provider_combo.setCurrentIndex(max(index, 0))
         self._on_provider_changed()  # index 0 emits no change signal
         controller.keys.changed.connect(self._on_key_status)
-        self._spawn(self._load_history(), "reading the prompt history")
+        controller.history.load()
 
     # ------------------------------------------------------------------ capabilities
 
@@ -314,7 +308,7 @@ class Composer(QWidget):
     def _on_provider_changed(self, _index: int = -1) -> None:
         choice = self.provider_choice()
         caps = self.provider_caps()
-        wanted = self.controller.rt.settings.default_models.get(choice)
+        wanted = self.controller.settings.default_models.get(choice)
         self.model_combo.blockSignals(True)
         try:
             self.model_combo.clear()
@@ -438,7 +432,7 @@ class Composer(QWidget):
             return
         caps = PROVIDERS[choice]
         reason = f" ({info.message})" if info.message else ""
-        settings = self.controller.rt.settings
+        settings = self.controller.settings
         if initial and settings.demo_when_no_key and not self._provider_touched:
             self.select_provider(DEMO)
             self._set_hint(
@@ -706,7 +700,7 @@ class Composer(QWidget):
         else:
             self._parent_item = None
             self.set_prompt(item.prompt)
-            root: Path = self.controller.library.root
+            root = self.controller.library_root
             refs = [
                 str(root / r.path) if r.kind == "file" and r.path else r.source
                 for r in item.refs
@@ -752,51 +746,48 @@ class Composer(QWidget):
 
     @property
     def history_path(self) -> Path:
-        root: Path = self.controller.rt.paths.root
-        return root / HISTORY_NAME
+        return self.controller.history.path
 
     def history(self) -> list[str]:
         """Earlier prompts, newest first."""
-        return list(self._history)
+        return self.controller.history.prompts()
 
     def remember(self, prompt: str) -> None:
-        """Put ``prompt`` at the top of the history and save it (off the GUI thread)."""
-        prompt = prompt.strip()
-        if not prompt:
-            return
-        self._history = [prompt, *(p for p in self._history if p != prompt)][:HISTORY_MAX]
+        """Put ``prompt`` at the top of the history (the model saves it, off this
+        thread)."""
         self._history_index = -1
-        self._spawn(self._save_history(), "saving the prompt history")
+        self.controller.history.remember(prompt)
 
     def clear_history(self) -> None:
-        self._history = []
         self._history_index = -1
-        self._spawn(self._save_history(), "saving the prompt history")
+        self.controller.history.clear()
 
     def recall(self, step: int) -> None:
         """Walk the history: +1 older (Ctrl+Up), -1 newer (Ctrl+Down); past the newest
         comes back the text being written."""
         target = self._history_index + step
-        if not self._history or target < -1 or target >= len(self._history):
+        history = self.history()
+        if not history or target < -1 or target >= len(history):
             return
         if self._history_index == -1:
             self._draft = self.prompt.toPlainText()
         self._history_index = target
         self._recalling = True
         try:
-            self.set_prompt(self._draft if target == -1 else self._history[target])
+            self.set_prompt(self._draft if target == -1 else history[target])
         finally:
             self._recalling = False
 
     def _fill_history_menu(self) -> None:
         menu = self.history_menu
         menu.clear()
-        if not self._history:
+        history = self.history()
+        if not history:
             empty = menu.addAction("No earlier prompts")
             empty.setEnabled(False)
             return
         metrics = menu.fontMetrics()
-        for prompt in self._history:
+        for prompt in history:
             shown = metrics.elidedText(
                 " ".join(prompt.split()), Qt.TextElideMode.ElideRight, 420
             ).replace("&", "&&")
@@ -811,24 +802,6 @@ class Composer(QWidget):
         self.set_prompt(prompt)
         self.focus_prompt()
 
-    async def _load_history(self) -> None:
-        try:
-            loaded = await asyncio.to_thread(_read_history, self.history_path)
-            if not shiboken6.isValid(self):
-                return
-            # Prompts queued before the file was read stay on top.
-            merged = [*self._history, *(p for p in loaded if p not in self._history)]
-            self._history = merged[:HISTORY_MAX]
-        finally:
-            self._history_loaded.set()
-
-    async def _save_history(self) -> None:
-        await self._history_loaded.wait()
-        async with self._history_lock:
-            data = {"version": 1, "prompts": list(self._history)}
-            text = json.dumps(data, ensure_ascii=False, indent=1) + "\n"
-            await asyncio.to_thread(write_atomic, self.history_path, text.encode("utf-8"))
-
     # ------------------------------------------------------------------ plumbing
 
     def _spawn(self, coro: Any, what: str) -> None:
@@ -839,18 +812,3 @@ def _money(amount: float, *, each: bool = False) -> str:
     """Dollars: a total to the cent ($0.54, $2.14; a tenth of a cent below a dime:
     $0.039), a price of one image as listed ($0.134)."""
     return f"${amount:.3f}" if each or 0 < amount < 0.1 else f"${amount:.2f}"
-
-
-def _read_history(path: Path) -> list[str]:
-    """Worker thread: the saved prompts; a missing or damaged file gives none."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as e:
-        log.warning("cannot read the prompt history %s (%s); starting a new one", path, e)
-        return []
-    prompts = data.get("prompts") if isinstance(data, dict) else None
-    if not isinstance(prompts, list):
-        return []
-    return [p for p in prompts if isinstance(p, str) and p.strip()][:HISTORY_MAX]

@@ -2,17 +2,23 @@
 become engine calls, and library queries run on the database thread, never the GUI's.
 
 Widgets hold a Controller and nothing else from the core; they never touch the network,
-the keychain or SQLite themselves.
+the keychain or SQLite themselves. The runtime, the engine and the library are private
+here: a widget asks for what it wants (``settings``, ``item(id)``, ``retry_plans(...)``,
+``unblock_jobs()``...), so that the core can change behind this one small surface.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
+import shiboken6
 from PySide6.QtCore import QObject, Signal
 
 from nbdesk.api.base import ApiError
@@ -22,6 +28,8 @@ from nbdesk.core.jobs import RETRYABLE, Job, JobSpec, JobState, RetryPlan
 from nbdesk.core.library import Item, LibraryError
 from nbdesk.core.runtime import Runtime
 from nbdesk.core.secrets import KeychainError, RedactingFilter, SecretStore, redact
+from nbdesk.core.settings import Settings
+from nbdesk.ui.models.history import HISTORY_NAME, PromptHistory
 from nbdesk.ui.models.keys import KeyStatus
 
 log = logging.getLogger(__name__)
@@ -57,13 +65,16 @@ class Controller(QObject):
 
     def __init__(self, rt: Runtime, engine: Engine, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.rt = rt
-        self.engine = engine
-        self.library = rt.library
+        self._rt = rt
+        self._engine = engine
+        self._library = rt.library
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_trashed: list[int] = []
         #: every provider's key status, shared by the window's panels
-        self.keys = self.key_status(lambda: self.rt.secrets)
+        self.keys = self.key_status(lambda: self._rt.secrets)
+        #: the prompt history, shared by the composers (read at the first ``load``)
+        self.history = PromptHistory(self._library.root / HISTORY_NAME, spawn=self.spawn,
+                                     parent=self)
         engine.subscribe(self._on_job)
         engine.on_external_change(self._on_external)
 
@@ -75,8 +86,29 @@ class Controller(QObject):
         return model
 
     def _key_stored(self, provider_id: str) -> None:
-        self.engine.connector.forget(provider_id)  # the next job reads the new key
-        self.engine.unblock()  # jobs waiting for this key go on now
+        self._engine.connector.forget(provider_id)  # the next job reads the new key
+        self.unblock_jobs()  # jobs waiting for this key go on now
+
+    # ------------------------------------------------------------------ where things are
+
+    @property
+    def library_root(self) -> Path:
+        """The library's folder (an item's reference paths are relative to it)."""
+        return self._library.root
+
+    @property
+    def thumbnail_dir(self) -> Path:
+        """Where the thumbnail cache lives."""
+        return self._library.paths.thumbnails
+
+    @property
+    def layout_file(self) -> Path:
+        """The window's layout (sizes of its panels), beside the settings file."""
+        return self._rt.paths.settings_file.parent / "window.ini"
+
+    def scratch_file(self, suffix: str) -> Path:
+        """A new, unused path in the library's scratch folder (a pasted image...)."""
+        return self._rt.paths.tmp / f"paste-{uuid.uuid4().hex}{suffix}"
 
     # ------------------------------------------------------------------ plumbing
 
@@ -89,7 +121,7 @@ class Controller(QObject):
             self.jobFinished.emit(job)
 
     async def _announce_items(self, job: Job) -> None:
-        items = await self.engine.db(self.library.items_for_job, job.id)
+        items = await self.items_for_job(job.id)
         # itemsAdded only: listeners of libraryChanged (changes to items already shown)
         # need not re-read anything for new ones, and with many jobs finishing they did.
         self.itemsAdded.emit([i.id for i in items])
@@ -120,6 +152,18 @@ class Controller(QObject):
         task.add_done_callback(done)
         return task
 
+    def then(self, coro: Coroutine[Any, Any, T], receiver: QObject,
+             slot: Callable[[T], Any], *, what: str) -> asyncio.Task[None]:
+        """Run ``coro`` (as ``spawn`` does) and hand its result to ``slot``, unless
+        ``receiver`` (the widget the slot belongs to) was deleted meanwhile: the one
+        lifetime guard, so that widgets need no coroutine of their own."""
+        async def run() -> None:
+            result = await coro
+            if shiboken6.isValid(receiver):
+                slot(result)
+
+        return self.spawn(run(), what=what)
+
     def error(self, text: str) -> None:
         self.message.emit("error", redact(text, RedactingFilter.known()))
 
@@ -127,23 +171,23 @@ class Controller(QObject):
         self.message.emit("info", text)
 
     async def db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await self.engine.db(fn, *args, **kwargs)
+        return await self._engine.db(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ jobs
 
     async def submit(self, spec: JobSpec, count: int = 1) -> list[Job]:
-        return await self.engine.enqueue(spec, count)
+        return await self._engine.enqueue(spec, count)
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:
-            self.spawn(self.engine.cancel(job_id), what="cancelling the job")
+            self.spawn(self._engine.cancel(job_id), what="cancelling the job")
 
     def retry(self, job_ids: Sequence[str], *, paid_ok: bool = False) -> None:
         """Retry now; ``paid_ok`` once the user agreed to new paid submissions (the
         window asks first: ``retry_plans``). Without it the engine refuses a retry that
         may pay twice."""
         for job_id in job_ids:
-            self.spawn(self.engine.retry(job_id, resubmit_ok=paid_ok), what="retrying the job")
+            self.spawn(self._engine.retry(job_id, resubmit_ok=paid_ok), what="retrying the job")
 
     @staticmethod
     def retry_plan(job: Job) -> RetryPlan:
@@ -158,14 +202,44 @@ class Controller(QObject):
     async def retry_plans(self, job_ids: Sequence[str]) -> list[tuple[Job, RetryPlan]]:
         """The jobs as they are now (those still retryable) and what Retry does with
         each: read fresh, since the window's rows may be a moment old."""
-        jobs: list[Job] = [await self.db(self.library.job, i) for i in job_ids]
+        jobs: list[Job] = [await self.db(self._library.job, i) for i in job_ids]
         return [(j, self.retry_plan(j)) for j in jobs if j.state in RETRYABLE]
+
+    def unblock_jobs(self) -> None:
+        """Jobs waiting for a key or a setting try again now."""
+        self._engine.unblock()
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def settings(self) -> Settings:
+        """The settings as they are now (read at use: they change while the app runs)."""
+        return self._rt.settings
+
+    @property
+    def settings_file(self) -> Path | None:
+        return self._rt.settings_service.path
+
+    def check_settings(self, **changes: Any) -> Settings:
+        """The settings with ``changes``, checked, not applied; ValueError with a
+        user-facing message."""
+        return self._rt.settings_service.check(**changes)
+
+    async def save_settings(self, **changes: Any) -> tuple[Settings, Settings]:
+        """Apply ``changes`` and write them (off the GUI thread); the service tells the
+        connector and the engine. (the settings before, after); OSError if the file
+        cannot be written."""
+        service = self._rt.settings_service
+        old = service.current
+        new = await asyncio.to_thread(functools.partial(service.update, force=True,
+                                                        **changes))
+        return old, new
 
     def update_settings(self, **changes: Any) -> None:
         """Apply a setting changed from the window (not the settings dialog) at once,
         and save it off the GUI thread (the service writes one at a time, the latest);
         a failure to save is one message."""
-        service = self.rt.settings_service
+        service = self._rt.settings_service
         service.update(save=False, **changes)
 
         async def run() -> None:
@@ -179,54 +253,63 @@ class Controller(QObject):
     def remove(self, job_ids: Sequence[str]) -> None:
         async def run() -> None:
             for job_id in job_ids:
-                await self.engine.remove(job_id)
+                await self._engine.remove(job_id)
             self.jobsReset.emit()
 
         self.spawn(run(), what="removing jobs")
 
     def cancel_all(self) -> None:
         async def run() -> None:
-            jobs = await self.db(self.library.jobs, [s for s in JobState if s.active])
+            jobs = await self.db(self._library.jobs, [s for s in JobState if s.active])
             for job in jobs:
-                await self.engine.cancel(job.id)
+                await self._engine.cancel(job.id)
 
         self.spawn(run(), what="cancelling all jobs")
 
     def set_paused(self, paused: bool) -> None:
         if paused:
-            self.engine.pause()
+            self._engine.pause()
         else:
-            self.engine.unpause()
+            self._engine.unpause()
         self.pausedChanged.emit(paused)
 
     async def jobs(self) -> list[Job]:
-        result: list[Job] = await self.db(self.library.jobs)
+        result: list[Job] = await self.db(self._library.jobs)
         return result
 
     # ------------------------------------------------------------------ library
 
     async def item_ids(self, **filters: Any) -> list[int]:
-        result: list[int] = await self.db(self.library.item_ids, **filters)
+        result: list[int] = await self.db(self._library.item_ids, **filters)
         return result
 
     async def items_by_id(self, ids: Sequence[int]) -> dict[int, Item]:
-        result: dict[int, Item] = await self.db(self.library.items_by_id, list(ids))
+        result: dict[int, Item] = await self.db(self._library.items_by_id, list(ids))
         return result
 
     async def item(self, item_id: int) -> Item:
-        result: Item = await self.db(self.library.item, item_id)
+        result: Item = await self.db(self._library.item, item_id)
+        return result
+
+    async def item_for_path(self, path: Path) -> Item | None:
+        """The library's item whose file is ``path``, if any."""
+        result: Item | None = await self.db(self._library.item_for_path, path)
+        return result
+
+    async def items_for_job(self, job_id: str) -> list[Item]:
+        result: list[Item] = await self.db(self._library.items_for_job, job_id)
         return result
 
     async def edit_chain(self, item_id: int, limit: int = 50) -> tuple[list[int], list[int]]:
         """(the image's ancestors by Edit, oldest first, and itself; the images edited
         from it)."""
-        chain = await self.db(self.library.chain, item_id, limit)
-        children: list[int] = await self.db(self.library.children, item_id)
+        chain = await self.db(self._library.chain, item_id, limit)
+        children: list[int] = await self.db(self._library.children, item_id)
         return [i.id for i in chain], children
 
     def set_favourite(self, item_id: int, favourite: bool) -> None:
         async def run() -> None:
-            await self.db(self.library.set_favourite, item_id, favourite)
+            await self.db(self._library.set_favourite, item_id, favourite)
             self.libraryChanged.emit()
 
         self.spawn(run(), what="marking the favourite")
@@ -234,7 +317,7 @@ class Controller(QObject):
     def trash(self, item_ids: Sequence[int]) -> None:
         """Move to the trash; ``undo_trash`` brings the last batch back."""
         async def run() -> None:
-            moved: list[int] = await self.db(self.library.trash, list(item_ids))
+            moved: list[int] = await self.db(self._library.trash, list(item_ids))
             self._last_trashed = moved
             self.libraryChanged.emit()
             if moved:
@@ -254,12 +337,12 @@ class Controller(QObject):
             return
 
         async def run() -> None:
-            restored: list[int] = await self.db(self.library.restore, ids)
+            restored: list[int] = await self.db(self._library.restore, ids)
             self.libraryChanged.emit()
             self.info(f"Restored {len(restored)} image(s)")
 
         self.spawn(run(), what="restoring images")
 
     async def total_cost(self) -> float:
-        result: float = await self.db(self.library.total_cost)
+        result: float = await self.db(self._library.total_cost)
         return result

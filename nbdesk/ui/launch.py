@@ -61,7 +61,7 @@ async def _open(window: MainWindow, args: list[str]) -> Opened:
         if path is None or not path.is_file():
             done.missing.append(arg)
             continue
-        item = await controller.db(controller.library.item_for_path, path)
+        item = await controller.item_for_path(path)
         if item is not None:
             done.viewer.append(item.id)
         else:

@@ -352,12 +352,12 @@ class LibraryModel(QStringListModel):
             self._pages.discard(page)
             self._deferred_pages.add(page)  # asked for once attached
             return
-        self.controller.spawn(self._fetch(self._gen, wanted), what="loading the library")
+        gen = self._gen
+        self.controller.then(self.controller.items_by_id(wanted), self,
+                             lambda items: self._fetched(gen, items),
+                             what="loading the library")
 
-    async def _fetch(self, gen: int, ids: list[int]) -> None:
-        items = await self.controller.items_by_id(ids)
-        if not shiboken6.isValid(self):
-            return
+    def _fetched(self, gen: int, items: dict[int, Item]) -> None:
         self.fetched += len(items)
         if gen != self._gen:
             return  # fetched before a change: the rows ask again
@@ -676,7 +676,7 @@ class LibraryView(QWidget):
         self._controller = controller
         if thumbnails is None:
             assert controller is not None, "a thumbnail cache or a controller"
-            thumbnails = ThumbnailCache(controller.library.paths.thumbnails, parent=self)
+            thumbnails = ThumbnailCache(controller.thumbnail_dir, parent=self)
         self.thumbnails = thumbnails
         self.model = LibraryModel(controller, thumbnails, self, page_size=page_size,
                                   icon_size=icon_size)

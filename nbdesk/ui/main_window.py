@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QByteArray, QSettings, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QMainWindow, QWidget
-from shiboken6 import isValid
 
 if TYPE_CHECKING:  # imported where each step of the window is built (see MainWindow):
+    import asyncio
+
     # the frame is painted before the Qt types the panels use are made (and their enums)
     from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QPaintEvent
     from PySide6.QtWidgets import QLabel, QSplitter, QStackedWidget, QSystemTrayIcon
 
     from nbdesk.core.jobs import Job
-    from nbdesk.core.library import FirstPage
+    from nbdesk.core.library import FirstPage, Item
     from nbdesk.core.runtime import Runtime
     from nbdesk.ui.composer import Composer
     from nbdesk.ui.controller import Controller
@@ -106,7 +107,7 @@ class MainWindow(QMainWindow):
         if layout_file is None:
             if controller is None:
                 raise TypeError("MainWindow needs a controller or a layout file")
-            layout_file = controller.rt.paths.settings_file.parent / "window.ini"
+            layout_file = controller.layout_file
         self._layout_file = layout_file
         self._settings_dialog: QWidget | None = None
         self._spend_running = self._spend_again = False
@@ -124,7 +125,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Opening the library…")
         self._restore_geometry()
         if controller is not None:
-            self.add_library(controller.rt.paths.thumbnails)
+            self.add_library(controller.thumbnail_dir)
             self.attach(controller)
 
     def add_library(self, thumbnail_dir: Path,
@@ -186,7 +187,6 @@ class MainWindow(QMainWindow):
         from nbdesk.ui.viewer import ImageViewer
 
         self.controller = controller
-        self.rt = controller.rt
         self.messages = MessageBar()
         self._central_layout.insertWidget(0, self.messages)  # above the panels
         self.composer = Composer(controller)
@@ -341,12 +341,12 @@ class MainWindow(QMainWindow):
         self.viewer_stack.setCurrentIndex(1)
 
     def _open_job(self, job: Job) -> None:
-        async def run() -> None:
-            items = await self.controller.db(self.rt.library.items_for_job, job.id)
-            if items:
-                self.open_item(items[0].id)
+        self.controller.then(self.controller.items_for_job(job.id), self,
+                             self._open_first, what="opening the image")
 
-        self.controller.spawn(run(), what="opening the image")
+    def _open_first(self, items: list[Item]) -> None:
+        if items:
+            self.open_item(items[0].id)
 
     def _on_message(self, level: str, text: str) -> None:
         self.messages.show_message(level, text)
@@ -363,7 +363,7 @@ class MainWindow(QMainWindow):
         else:
             self.statusBar().showMessage(f"Finished: {job.prompt[:60]}", 8000)
         if (self._tray is not None and not self.isActiveWindow()
-                and self.rt.settings.notify_on_finish):
+                and self.controller.settings.notify_on_finish):
             title = "Image ready" if job.state is JobState.COMPLETED else "Job failed"
             self._tray.showMessage(title, job.prompt[:120], QSystemTrayIcon.MessageIcon.Information,
                                    5000)
@@ -393,28 +393,26 @@ class MainWindow(QMainWindow):
             self._spend_again = True
             return
         self._spend_running = True
+        self._spend_again = False
+        task = self.controller.then(self.controller.total_cost(), self.spend_label,
+                                    self._show_spend, what="adding up costs")
+        task.add_done_callback(self._spend_done)
 
-        async def run() -> None:
-            try:
-                while True:
-                    self._spend_again = False
-                    total = await self.controller.total_cost()
-                    if not isValid(self.spend_label):  # the window was closed meanwhile
-                        return
-                    self.spend_label.setText(f"Spent: ${total:.2f}")
-                    if not self._spend_again:
-                        return
-            finally:
-                self._spend_running = False
+    def _show_spend(self, total: float) -> None:
+        self.spend_label.setText(f"Spent: ${total:.2f}")
 
-        self.controller.spawn(run(), what="adding up costs")
+    def _spend_done(self, task: asyncio.Task[None]) -> None:
+        self._spend_running = False
+        failed = task.cancelled() or task.exception() is not None  # (reported by spawn)
+        if self._spend_again and not failed and not self.was_closed:
+            self.refresh_spend()  # costs changed while adding up: once more
 
     def open_settings(self) -> None:
         from nbdesk.ui.settings_dialog import SettingsDialog
 
         if self._settings_dialog is None:
             dialog = SettingsDialog(self.controller, self)
-            dialog.settingsSaved.connect(lambda _s: self.controller.engine.unblock())
+            dialog.settingsSaved.connect(lambda _s: self.controller.unblock_jobs())
             dialog.finished.connect(self._settings_closed)
             self._settings_dialog = dialog
         self._settings_dialog.open()  # type: ignore[attr-defined]
@@ -426,7 +424,7 @@ class MainWindow(QMainWindow):
         from nbdesk import __version__
 
         self.controller.info(f"nbdesk {__version__} — a desktop studio for Nano Banana; "
-                             f"library at {self.rt.paths.root}")
+                             f"library at {self.controller.library_root}")
 
     # ------------------------------------------------------------------ layout
 

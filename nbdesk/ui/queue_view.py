@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
-import shiboken6
 from PySide6.QtCore import QModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
@@ -144,15 +142,15 @@ class QueueView(QWidget):
     # ------------------------------------------------------------------ data
 
     def reload(self) -> None:
-        async def run() -> None:
-            jobs = await self.controller.jobs()
-            self.flush()  # events that came before: the fresh list supersedes them
-            self.model.set_jobs(jobs)
-            self._update_actions()
-            self._update_title()
-            self._update_offline()
+        self.controller.then(self.controller.jobs(), self, self._set_jobs,
+                             what="loading the queue")
 
-        self.controller.spawn(run(), what="loading the queue")
+    def _set_jobs(self, jobs: list[Job]) -> None:
+        self.flush()  # events that came before: the fresh list supersedes them
+        self.model.set_jobs(jobs)
+        self._update_actions()
+        self._update_title()
+        self._update_offline()
 
     def _on_job(self, job: Job) -> None:
         self._pending[job.id] = job  # its latest state, in the order jobs first came
@@ -212,11 +210,11 @@ class QueueView(QWidget):
         not to ask again."""
         ids = [j.id for j in self.selected_jobs() if j.state in RETRYABLE]
         if ids and self.retry_question is None:
-            self.controller.spawn(self._retry(ids), what="retrying jobs")
+            self.controller.then(self.controller.retry_plans(ids), self,  # read fresh
+                                 self._retry, what="retrying jobs")
 
-    async def _retry(self, ids: Sequence[str]) -> None:
-        plans = await self.controller.retry_plans(ids)  # read fresh
-        if not shiboken6.isValid(self) or self.retry_question is not None:
+    def _retry(self, plans: list[tuple[Job, RetryPlan]]) -> None:
+        if self.retry_question is not None:
             return
         free = [job.id for job, plan in plans if not self.controller.retry_costs(job, plan)]
         paid = [(job, plan) for job, plan in plans if self.controller.retry_costs(job, plan)]
@@ -224,7 +222,7 @@ class QueueView(QWidget):
             self.controller.retry(free)
         if not paid:
             return
-        if not self.controller.rt.settings.confirm_paid_retry:
+        if not self.controller.settings.confirm_paid_retry:
             self.controller.retry([job.id for job, _ in paid], paid_ok=True)
             return
         self._ask_paid_retry(paid, continued=len(free))

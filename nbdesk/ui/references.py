@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -401,7 +400,7 @@ class ReferenceTray(QWidget):
     async def _add_image(self, image: QImage) -> bool:
         if not self._room_for(1):
             return False
-        path = self._controller.rt.paths.tmp / f"paste-{uuid.uuid4().hex}.png"
+        path = self._controller.scratch_file(".png")
         await asyncio.to_thread(_save_png, image.copy(), path)
         return await self._add([str(path)], self._generation)
 

@@ -8,7 +8,6 @@ folder picker is opened with ``open()``. A key never appears in a message or a l
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
@@ -147,7 +146,7 @@ class SettingsDialog(QDialog):
         general = QGroupBox("General")
         form = QFormLayout(general)
         self.base_urls: dict[str, QLineEdit] = {}
-        settings = controller.rt.settings
+        settings = controller.settings
         for pid, caps in PROVIDERS.items():
             edit = QLineEdit(settings.base_urls.get(pid, ""))
             edit.setPlaceholderText(caps.base_url)
@@ -165,7 +164,7 @@ class SettingsDialog(QDialog):
                                     "applies at once, to the jobs already queued too")
         form.addRow("Jobs at once:", self.concurrency)
         self.library_dir = QLineEdit(settings.library_dir or "")
-        self.library_dir.setPlaceholderText(f"default: {controller.rt.paths.root}")
+        self.library_dir.setPlaceholderText(f"default: {controller.library_root}")
         self.library_dir.setToolTip("Where the images and the database live; an absolute "
                                     "folder path. nbdesk offers to restart when it changes.")
         browse = QPushButton("Choose…")
@@ -360,7 +359,7 @@ class SettingsDialog(QDialog):
 
     def collect(self) -> Settings:
         """The settings the form describes; ValueError with a user-facing message."""
-        return self.controller.rt.settings_service.check(**self._changes())
+        return self.controller.check_settings(**self._changes())
 
     def _changes(self) -> dict[str, Any]:
         """The form's settings (only those it shows); ValueError with a user-facing
@@ -400,15 +399,13 @@ class SettingsDialog(QDialog):
     async def _save_settings(self, changes: dict[str, Any]) -> None:
         # The service writes the file (off this thread) and then tells the connector
         # (new base URLs) and the engine (jobs at once, at once) of the change.
-        service = self.controller.rt.settings_service
-        old = service.current
         try:
-            new = await asyncio.to_thread(functools.partial(service.update, force=True,
-                                                            **changes))
+            old, new = await self.controller.save_settings(**changes)
         except OSError as e:
             if shiboken6.isValid(self):
                 self.save_button.setEnabled(True)
-            self._say(f"Cannot write {service.path}: {e.strerror or e}", error=True)
+            self._say(f"Cannot write {self.controller.settings_file}: {e.strerror or e}",
+                      error=True)
             return
         self.settingsSaved.emit(new)
         if not shiboken6.isValid(self):
@@ -465,7 +462,7 @@ class SettingsDialog(QDialog):
             dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
             dialog.fileSelected.connect(self.library_dir.setText)
             self._folder_dialog = dialog
-        current = self.library_dir.text().strip() or str(self.controller.rt.paths.root)
+        current = self.library_dir.text().strip() or str(self.controller.library_root)
         self._folder_dialog.setDirectory(current)
         self._folder_dialog.open()
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtGui import QGuiApplication, QImageReader
 
 from nbdesk.api.capabilities import DEMO, PROVIDERS
+from nbdesk.ui.models.keys import KeyState
 
 if TYPE_CHECKING:
     from nbdesk.ui.launch import Opened
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 PROMPT = "smoke test: a ripe banana on a wooden desk"
 TIMEOUT = 120.0  # seconds for the image; the simulator takes a few
+#: the report's word for where a key was found (as the CLI's ``keys`` says it)
+SOURCES = {KeyState.ENV: "env", KeyState.KEYCHAIN: "keychain", KeyState.MISSING: "none"}
 
 
 def start(window: MainWindow, out: Path, opening: asyncio.Task[Opened] | None = None,
@@ -113,14 +116,15 @@ async def _run(window: MainWindow, out: Path, report: dict[str, Any],
         window.open_item(item.id)
         await asyncio.wait_for(loaded.wait(), 30)
         report["in_viewer_s"] = round(time.monotonic() - t0, 3)
-        secrets = controller.rt.secrets
-        report["keychain"] = await secrets.abackend_name()
+        # The window's key-status model asks the keychain again (its one owner).
+        await controller.keys.refresh()
+        report["keychain"] = controller.keys.backend() or (
+            f"error: {controller.keys.backend_error()}")
         keys: dict[str, str] = {}
         for pid in PROVIDERS:
-            try:
-                keys[pid] = (await secrets.alookup(pid)).source
-            except Exception as exc:  # no keychain: the runner decides if that is wrong
-                keys[pid] = f"error: {type(exc).__name__}"
+            info = controller.keys.status(pid)
+            # no keychain: the runner decides if that is wrong
+            keys[pid] = SOURCES.get(info.state, f"error: {info.state.value}")
         report["keys"] = keys
         report["image_formats"] = sorted(
             bytes(f.data()).decode() for f in QImageReader.supportedImageFormats())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -628,7 +629,10 @@ class ImageViewer(QWidget):
         self.parent_label.setText(
             f'<a href="item:{item.parent_item}">#{item.parent_item}</a> → this'
             if item.parent_item is not None else "—")
-        self.controller.spawn(self._fill_chain(self._gen, item.id), what="reading the edit chain")
+        gen, item_id = self._gen, item.id
+        self.controller.then(self.controller.edit_chain(item_id), self.parent_label,
+                             lambda chain: self._show_chain(gen, item_id, *chain),
+                             what="reading the edit chain")
         n = len(item.signatures)
         self.context_label.setText(
             f"{n} thought signature{'s' if n != 1 else ''} kept: an Edit sends "
@@ -645,7 +649,7 @@ class ImageViewer(QWidget):
                 f"{self._ids.index(self._current) + 1} of {len(self._ids)}")
         if not item.refs:
             self.refs_layout.addWidget(QLabel("—"))
-        root: Path = self.controller.library.root
+        root = self.controller.library_root
         for ref in item.refs:
             row = QWidget()
             line = QHBoxLayout(row)
@@ -659,13 +663,14 @@ class ImageViewer(QWidget):
             line.addWidget(text, 1)
             self.refs_layout.addWidget(row)
             if ref.path:  # the library's copy (a URL reference's too)
-                self.controller.spawn(self._ref_thumb(thumb, root / ref.path),
-                                      what="showing a reference")
+                self.controller.then(
+                    asyncio.to_thread(decode_image, root / ref.path, REF_THUMB), thumb,
+                    functools.partial(_set_image, thumb), what="showing a reference")
 
-    async def _fill_chain(self, gen: int, item_id: int) -> None:
+    def _show_chain(self, gen: int, item_id: int, ancestors: list[int],
+                    children: list[int]) -> None:
         """The whole chain of edits this image belongs to, as links."""
-        ancestors, children = await self.controller.edit_chain(item_id)
-        if not self._current_gen(gen) or not shiboken6.isValid(self.parent_label):
+        if not self._current_gen(gen):
             return
         links = [f'<a href="item:{i}">#{i}</a>' for i in ancestors[:-1]]
         if len(links) > 6:
@@ -675,11 +680,6 @@ class ImageViewer(QWidget):
             edits = ", ".join(f'<a href="item:{i}">#{i}</a>' for i in children)
             text += (" · " if text else "") + f"edited into {edits}"
         self.parent_label.setText(text or "—")
-
-    async def _ref_thumb(self, label: QLabel, path: Path) -> None:
-        image = await asyncio.to_thread(decode_image, path, REF_THUMB)
-        if shiboken6.isValid(label) and not image.isNull():
-            label.setPixmap(QPixmap.fromImage(image))
 
     def _open_link(self, link: str) -> None:
         kind, _, value = link.partition(":")
@@ -820,3 +820,9 @@ def _set_long(label: QLabel, text: str, keep: int = 44) -> None:
     shown = text if len(text) <= keep else f"{text[:keep // 2 - 1]}…{text[-(keep // 2):]}"
     label.setText(shown)
     label.setToolTip(text)
+
+
+def _set_image(label: QLabel, image: QImage) -> None:
+    """A decoded thumbnail into its label (a null image: none)."""
+    if not image.isNull():
+        label.setPixmap(QPixmap.fromImage(image))

@@ -16,7 +16,8 @@ from pytestqt.qtbot import QtBot
 from nbdesk.api.capabilities import ALL_RATIOS, APIFRAME, APIFREE, GEMINI
 from nbdesk.core.jobs import JobParams, JobSpec, JobState
 from nbdesk.core.secrets import SecretStore
-from nbdesk.ui.composer import HISTORY_MAX, HISTORY_NAME, Composer
+from nbdesk.ui.composer import Composer
+from nbdesk.ui.models.history import HISTORY_MAX, HISTORY_NAME
 from tests.ui.conftest import UiEnv, run_async
 
 
@@ -340,7 +341,7 @@ def test_rerun_and_edit_from_a_library_item(
     with qtbot.waitSignal(ctl.itemsAdded, timeout=15_000) as added:
         run_async(qtbot, ctl.submit(spec))
     item = run_async(qtbot, ctl.item(added.args[0][0]))
-    library_copy = str(ctl.library.root / item.refs[0].path)
+    library_copy = str(ctl.library_root / item.refs[0].path)
 
     c = Composer(ctl)
     qtbot.addWidget(c)

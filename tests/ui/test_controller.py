@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from pathlib import Path
 
 import pytest
+import shiboken6
+from PySide6.QtCore import QObject
 from pytestqt.qtbot import QtBot
 
 from nbdesk.core.jobs import JobSpec, JobState
@@ -98,3 +101,23 @@ def test_a_bug_goes_to_the_crash_handler_not_the_message_line(
         handler.dialogs[0].close()
     finally:
         handler.uninstall()
+
+
+def test_then_hands_the_result_to_a_live_receiver_only(qtbot: QtBot, ui_env: UiEnv) -> None:
+    """``then`` is the widgets' one lifetime guard: a result that arrives after its
+    widget was deleted is dropped, not handed to a dead object."""
+    c = ui_env.controller
+    release = asyncio.Event()
+
+    async def answer(value: int) -> int:
+        await release.wait()
+        return value
+
+    alive, gone = QObject(), QObject()
+    got: list[tuple[str, int]] = []
+    first = c.then(answer(1), alive, lambda v: got.append(("alive", v)), what="a test")
+    second = c.then(answer(2), gone, lambda v: got.append(("gone", v)), what="a test")
+    shiboken6.delete(gone)
+    release.set()
+    run_async(qtbot, asyncio.wait_for(asyncio.gather(first, second), 5))
+    assert got == [("alive", 1)]

@@ -14,10 +14,10 @@ from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
-from nbdesk.core.jobs import JobState
+from nbdesk.core.jobs import JobSpec, JobState
 from nbdesk.ui.main_window import DEFAULT_SIZE, MainWindow, default_size
 from nbdesk.ui.queue_model import STATE
-from tests.ui.conftest import UiEnv
+from tests.ui.conftest import UiEnv, run_async
 
 
 def open_window(qtbot: QtBot, env: UiEnv) -> MainWindow:
@@ -242,3 +242,27 @@ def test_one_key_lookup_shared_by_status_bar_composer_and_settings(
     qtbot.waitUntil(lambda: dialog.key_status("apiframe").startswith("Stored in"))
     assert backend.reads.count("apiframe") == 2  # the start's, and the one after saving
     dialog.close()
+
+
+def test_the_spend_label_follows_the_library_and_coalesces_its_sums(
+    qtbot: QtBot, ui_env: UiEnv
+) -> None:
+    """Finished jobs add to 'Spent'; calls while a sum runs only mark that one more sum
+    is wanted, and the label ends at the library's total."""
+    window = open_window(qtbot, ui_env)
+    c = ui_env.controller
+    with qtbot.waitSignal(c.itemsAdded, timeout=15_000):
+        run_async(qtbot, c.submit(JobSpec("apiframe", "nano-banana", "a paid lighthouse")))
+    total = run_async(qtbot, c.total_cost())
+    assert total > 0
+    qtbot.waitUntil(lambda: window.spend_label.text() == f"Spent: ${total:.2f}",
+                    timeout=5000)
+    window.spend_label.setText("")
+    qtbot.waitUntil(lambda: not window._spend_running, timeout=5000)
+    window.refresh_spend()
+    assert window._spend_running
+    for _ in range(3):  # while the sum runs: one more sum, once
+        window.refresh_spend()
+    assert window._spend_again
+    qtbot.waitUntil(lambda: not window._spend_running, timeout=5000)
+    assert window.spend_label.text() == f"Spent: ${total:.2f}" and not window._spend_again

@@ -356,7 +356,7 @@ def test_a_gemini_edit_chain_is_shown_and_edit_continues_it(
     ids: list[int] = []
     for prompt in ("a paper boat", "make it red", "add a sail"):
         parent = ids[-1] if ids else None
-        refs = (str(ctl.library.item(parent).path),) if parent is not None else ()
+        refs = (str(ui_env.rt.library.item(parent).path),) if parent is not None else ()
         spec = JobSpec("gemini", "gemini-3-pro-image-preview", prompt,
                        JobParams(resolution="1K", with_text=True), refs=refs,
                        parent_item=parent)
