@@ -106,9 +106,26 @@ def maybe_running(env: Mapping[str, str] | None = None) -> bool:
         if folder is None:  # Windows: the pipes' names
             return any(n.startswith("nbdesk-") for n in os.listdir("\\\\.\\pipe\\"))
         with os.scandir(folder) as entries:
-            return any(e.name.endswith(".sock") for e in entries)
+            return any(e.name.endswith(".sock") and _listening(e.path) for e in entries)
     except OSError:
         return folder is None  # (no folder: no socket; pipes not listed: look closer)
+
+
+def _listening(path: str) -> bool:
+    """Whether a window listens at this Unix socket: a stale one (its window was killed)
+    refuses the connection at once. Looked at with the C socket module, before the
+    window is shown: socket.py's imports, QtNetwork and the settings would cost ~30 ms."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(0.2)
+        sock.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 class Address:
