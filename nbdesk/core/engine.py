@@ -104,14 +104,17 @@ class Engine(JobSteps):
         its wait again, and a job's deadline moves by the change of the timeout (a call
         under way keeps the cut it started with)."""
         config = self.config
+        # The values of the latest settings: notices handed over from other threads may
+        # arrive out of order, and each says only which fields changed.
+        latest = self.connector.settings_service.current
         if new.concurrency != old.concurrency:
-            config.concurrency = new.concurrency
+            config.concurrency = latest.concurrency
             for slots in self._slots.values():
-                slots.limit = max(1, new.concurrency)
+                slots.limit = max(1, latest.concurrency)
         if new.poll_interval != old.poll_interval:
-            config.poll_interval = new.poll_interval
+            config.poll_interval = latest.poll_interval
         if new.job_timeout != old.job_timeout:
-            moved, config.job_timeout = new.job_timeout - config.job_timeout, new.job_timeout
+            moved, config.job_timeout = latest.job_timeout - config.job_timeout, latest.job_timeout
             for job_id in self._deadlines:
                 self._deadlines[job_id] += moved
         changed, self._config_changed = self._config_changed, asyncio.Event()
@@ -170,15 +173,18 @@ class Engine(JobSteps):
             # has no idempotency key): let them finish and record their remote ids.
             log.info("waiting for %d submit(s) in flight before stopping", len(landing))
             await asyncio.wait(landing, timeout=self.config.stop_grace)
-        if self._learning is not None and not self._learning.done():
-            # Its keychain calls run on threads of their own: let them end (a few ms, or
-            # the keychain's own time limit) rather than leave one running as the
-            # process exits, which can abort the interpreter's shutdown.
-            await asyncio.wait([self._learning], timeout=KEYS_GRACE)
-        tasks = [*self._bg, *self._tasks.values()]
+        tasks = [t for t in (*self._bg, *self._tasks.values()) if t is not self._learning]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._learning is not None:
+            # Once no job can start any more: the reading of every provider's key runs
+            # its keychain calls on threads of their own; let them end (a few ms, or the
+            # keychain's own time limit) rather than leave one running as the process
+            # exits, which can abort the interpreter's shutdown.
+            await asyncio.wait([self._learning], timeout=KEYS_GRACE)
+            self._learning.cancel()
+            await asyncio.gather(self._learning, return_exceptions=True)
         self._bg.clear()
         try:
             await self.db(self.library.release, self.owner)

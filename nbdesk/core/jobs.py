@@ -78,6 +78,15 @@ class ErrorKind(enum.StrEnum):
     STORAGE = "storage"  # the library's folder or database could not be written
     INTERNAL = "internal"  # a bug in nbdesk
 
+    @classmethod
+    def of(cls, api_kind: str) -> ErrorKind:
+        """The kind of a provider client's error (``ApiError.kind``); a kind this table
+        does not know yet is the plain ERROR, never a failure of its own."""
+        try:
+            return cls(api_kind)
+        except ValueError:
+            return cls.ERROR
+
 #: Failure kinds that prove a submit was refused or never left the machine: nothing was
 #: taken on, so sending it now is the job's first (and only) payment.
 NOT_SENT_KINDS = frozenset({

@@ -32,8 +32,11 @@ class SettingsService:
         self._settings = Settings() if settings is None else settings
         self.path = path
         self._subscribers: list[Subscriber] = []
-        # One change or write at a time, whatever the thread: each write is the latest.
+        # The current settings change under this lock, briefly; the file is written under
+        # another, one write at a time: a change made on the GUI thread never waits for
+        # a write's fsync on a worker thread.
         self._lock = threading.RLock()
+        self._writing = threading.Lock()
 
     @classmethod
     def load(cls, path: Path) -> SettingsService:
@@ -69,12 +72,22 @@ class SettingsService:
         ``ValueError`` for a bad value, ``OSError`` when the file cannot be written: either
         way nothing changed. ``force``: overwrite a file written by a newer nbdesk (the
         user saved the settings explicitly)."""
-        with self._lock:
-            old = self._settings
-            new = self.check(**changes)
-            if save and self.path is not None and (new != old or force):
-                save_settings(self.path, new, force=force)
-            self._settings = new
+        if not save or self.path is None:
+            with self._lock:
+                old = self._settings
+                new = self._settings = self.check(**changes)
+        else:
+            with self._writing:
+                with self._lock:
+                    written = self.check(**changes)
+                    unchanged = written == self._settings
+                if not unchanged or force:
+                    save_settings(self.path, written, force=force)
+                with self._lock:
+                    # On whatever is current now (a change made meanwhile is kept; its
+                    # maker saves it after this write).
+                    old = self._settings
+                    new = self._settings = old.replace(**changes)
         if new != old:
             self._notify(old, new)
         return new
@@ -84,8 +97,10 @@ class SettingsService:
         (see ``save_settings``: a newer nbdesk's file is kept unless ``force``)."""
         if self.path is None:
             return False
-        with self._lock:
-            return save_settings(self.path, self._settings, force=force)
+        with self._writing:
+            with self._lock:
+                snapshot = self._settings
+            return save_settings(self.path, snapshot, force=force)
 
     def _notify(self, old: Settings, new: Settings) -> None:
         for subscriber in list(self._subscribers):

@@ -123,7 +123,7 @@ class JobSteps(SyncAnswers):
             try:
                 request = await asyncio.to_thread(self._request, job)
             except InputError as exc:
-                return await self._fail(job, exc.message, ErrorKind(exc.kind))
+                return await self._fail(job, exc.message, ErrorKind.of(exc.kind))
             job = await self._update(
                 job, state=JobState.SUBMITTING, submit_attempts=job.submit_attempts + 1,
                 note=None,
@@ -147,7 +147,7 @@ class JobSteps(SyncAnswers):
             try:
                 request = await asyncio.to_thread(self._request, job)
             except InputError as exc:
-                return await self._fail(job, exc.message, ErrorKind(exc.kind))
+                return await self._fail(job, exc.message, ErrorKind.of(exc.kind))
             return await self._submit(job, remote, request)
         if state in (JobState.SUBMITTED, JobState.RUNNING):
             return await self._poll(job, remote)
@@ -244,7 +244,7 @@ class JobSteps(SyncAnswers):
                         return await self._fail(
                             job, f"offline: the provider could not be reached within "
                             f"{minutes:.0f} min ({exc.message}); {after}", ErrorKind.OFFLINE)
-                    return await self._fail(job, f"gave up: {exc.message}", ErrorKind(exc.kind))
+                    return await self._fail(job, f"gave up: {exc.message}", ErrorKind.of(exc.kind))
                 if job.state is JobState.QUEUED:
                     await self._running.wait()
                     # (offline, the note stays until an answer comes: the window says it
@@ -254,7 +254,7 @@ class JobSteps(SyncAnswers):
                         note=job.note if exc.offline else None)
                 continue
             except ApiError as exc:
-                return await self._fail(job, exc.message, ErrorKind(exc.kind))
+                return await self._fail(job, exc.message, ErrorKind.of(exc.kind))
 
     @contextlib.contextmanager
     def _landing(self, job_id: str, *, unsafe: bool) -> Iterator[None]:
@@ -297,7 +297,7 @@ class JobSteps(SyncAnswers):
             except ApiError as exc:
                 if self._time_left(job.id) <= 0:
                     return await self._fail(job, self._timeout_message(job), ErrorKind.TIMEOUT)
-                return await self._fail(job, exc.message, ErrorKind(exc.kind))
+                return await self._fail(job, exc.message, ErrorKind.of(exc.kind))
             if result is not None:
                 if result.state is RemoteState.COMPLETED:
                     too_many = self._too_many_images(job, result.urls)

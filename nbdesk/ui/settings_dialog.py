@@ -407,9 +407,10 @@ class SettingsDialog(QDialog):
             self._say(f"Cannot write {self.controller.settings_file}: {e.strerror or e}",
                       error=True)
             return
-        self.settingsSaved.emit(new)
-        if not shiboken6.isValid(self):
+        if not shiboken6.isValid(self):  # closed meanwhile: the jobs waiting for a key
+            self.controller.unblock_jobs()  # or a base URL are told all the same
             return
+        self.settingsSaved.emit(new)
         self.save_button.setEnabled(True)
         folder_changed = old.library_dir != new.library_dir
         self._say(f"Settings saved. {RESTART_TEXT}" if folder_changed else "Settings saved.",

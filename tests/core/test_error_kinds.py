@@ -38,3 +38,10 @@ def test_an_error_kind_is_its_stored_text() -> None:
     assert ErrorKind("offline") is ErrorKind.OFFLINE
     assert json.dumps({"error_kind": ErrorKind.AUTH}) == '{"error_kind": "auth"}'
     assert "bad_input" in NOT_SENT_KINDS and all(isinstance(k, ErrorKind) for k in NOT_SENT_KINDS)
+
+
+def test_a_provider_error_kind_not_in_the_table_is_the_plain_error() -> None:
+    from nbdesk.core.jobs import ErrorKind
+
+    assert ErrorKind.of("auth") is ErrorKind.AUTH
+    assert ErrorKind.of("a-kind-of-a-newer-client") is ErrorKind.ERROR

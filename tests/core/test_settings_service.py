@@ -130,3 +130,34 @@ def test_updates_from_many_threads_lose_nothing(path: Path) -> None:
         t.join()
     for source in (service.current, load_settings(path)):
         assert all(getattr(source, n) is not getattr(Settings(), n) for n in fields)
+
+
+def test_a_change_in_memory_never_waits_for_a_write_under_way(path: Path) -> None:
+    """The GUI thread's change (``save=False``) must not wait for another thread's write
+    and its fsync; and the write that was under way does not undo that change."""
+    service = SettingsService.load(path)
+    writing = threading.Event()
+    release = threading.Event()
+    real_write = service.save
+
+    def slow_update() -> None:
+        with service._writing:  # a write under way (its fsync on a slow disk)
+            writing.set()
+            release.wait(10)
+        service.update(concurrency=3)
+
+    worker = threading.Thread(target=slow_update)
+    worker.start()
+    assert writing.wait(10)
+    done = threading.Event()
+    quick = threading.Thread(target=lambda: (service.update(save=False,
+                                                            confirm_paid_retry=False),
+                                             done.set()))
+    quick.start()
+    assert done.wait(5), "an in-memory change waited for the write"
+    release.set()
+    worker.join(10)
+    quick.join(10)
+    assert service.current.confirm_paid_retry is False and service.current.concurrency == 3
+    assert real_write()  # its maker saves it: the file then holds both
+    assert load_settings(path) == service.current
