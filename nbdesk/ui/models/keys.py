@@ -102,6 +102,7 @@ class KeyStatus(QObject):
         self._secrets = secrets
         self._spawn = spawn if spawn is not None else _asyncio_spawn
         self._status = {pid: KeyInfo(KeyState.CHECKING) for pid in PROVIDERS}
+        self._asked: dict[str, int] = {}  # provider -> lookups begun (the newest decides)
         self._backend = ""
         self._backend_error = ""
         self._busy = 0
@@ -182,6 +183,9 @@ class KeyStatus(QObject):
         return outcome
 
     async def _lookup(self, provider_id: str) -> None:
+        # The newest lookup of a provider decides: an older one answering later (a slow
+        # start-up lookup, then a key saved meanwhile) is dropped.
+        asked = self._asked[provider_id] = self._asked.get(provider_id, 0) + 1
         try:
             found = await self._secrets().alookup(provider_id)
         except KeychainError as e:
@@ -190,6 +194,8 @@ class KeyStatus(QObject):
             info = KeyInfo(KeyState.ENV if found.source == "env" else
                            KeyState.KEYCHAIN if found.source == "keychain" else
                            KeyState.MISSING)
+        if asked != self._asked[provider_id]:
+            return
         if info != self._status[provider_id]:
             self._status[provider_id] = info
             self.changed.emit(provider_id)
