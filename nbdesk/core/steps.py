@@ -34,7 +34,7 @@ from nbdesk.core.conversation import build_request
 from nbdesk.core.failpoints import failpoint
 from nbdesk.core.jobs import OFFLINE_NOTE, ErrorKind, Job, JobState
 from nbdesk.core.library import LeaseLost, StoredImage
-from nbdesk.core.sync_answer import SyncAnswers
+from nbdesk.core.sync_answer import SyncAnswers, answer_markers
 
 if TYPE_CHECKING:
     import httpx
@@ -137,7 +137,7 @@ class JobSteps(SyncAnswers):
                 if digests:  # answered and kept; only the record of it was lost
                     return await self._update(
                         job, state=JobState.DOWNLOADING, progress=100.0, note=None,
-                        result_urls=tuple(f"answer:{n}:{d}" for n, d in enumerate(digests)))
+                        result_urls=answer_markers(digests))
                 return await self._interrupt(job)  # caught mid-call: never re-billed silently
             return await self._store_answer(job)
         remote = cast(Provider, provider)  # submit, then poll

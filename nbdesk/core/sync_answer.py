@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ from nbdesk.core.library import StoredImage, sha256_file, sha256_hex
 from nbdesk.core.paths import write_synced
 
 log = logging.getLogger("nbdesk.core.engine")
+
+
+def answer_markers(digests: Sequence[str]) -> tuple[str, ...]:
+    """A synchronous answer's images as a job records them (its ``result_urls``):
+    ``answer:<index>:<sha256>``, each kept on disk until it is stored."""
+    return tuple(f"answer:{n}:{d}" for n, d in enumerate(digests))
+
+
+def marker_digest(marker: str) -> str:
+    """The SHA-256 an ``answer_markers`` entry names."""
+    return marker.rpartition(":")[2]
 
 
 class SyncAnswers(EngineBase):
@@ -52,7 +64,7 @@ class SyncAnswers(EngineBase):
             turn.append(entry)
         return await self._update(
             job, state=JobState.DOWNLOADING, remote_id=answer.remote_id,
-            result_urls=tuple(f"answer:{n}:{d}" for n, d in enumerate(digests)),
+            result_urls=answer_markers(digests),
             turn=tuple(turn), cost=answer.cost, progress=100.0, submitted_at=time.time(),
             note=None,
         )
@@ -78,11 +90,11 @@ class SyncAnswers(EngineBase):
         if job.result_urls and self._answer_kept(job):
             return job.result_urls
         digests = self._kept_digests(job) or [sha256_hex(d) for d in self._held.get(job.id, ())]
-        return tuple(f"answer:{n}:{d}" for n, d in enumerate(digests))
+        return answer_markers(digests)
 
     def _answer_kept(self, job: Job) -> bool:
         for n, marker in enumerate(job.result_urls):
-            digest = marker.rpartition(":")[2]
+            digest = marker_digest(marker)
             if (not self.library.answer_path(job.id, n).is_file()
                     and not answers.kept(job.id, n) and job.id not in self._held
                     and self.library.placed_file(job, n, digest) is None):
@@ -102,7 +114,7 @@ class SyncAnswers(EngineBase):
         """Place the images a synchronous answer brought (kept on disk) into the library."""
         stored: list[StoredImage] = []
         for idx, marker in enumerate(job.result_urls):
-            digest = marker.rpartition(":")[2]
+            digest = marker_digest(marker)
             src = self.library.answer_path(job.id, idx)
             try:
                 if not await asyncio.to_thread(src.is_file):
